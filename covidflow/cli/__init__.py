@@ -1,0 +1,29 @@
+"""The ``covidflow`` command: ``stack`` runs the local services, ``sources`` works on source specs."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from covidflow.cli.sources import sources
+from covidflow.cli.stack import stack
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """covidflow: COVID-19 data from many publishers, in one schema."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+cli.add_command(stack)
+cli.add_command(sources)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,80 @@
+"""``covidflow stack``: the local stack without Docker."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+def _runner(names: tuple[str, ...] = ()):  # -> Runner, imported lazily
+    from covidflow.stack.runner import Runner
+    from covidflow.stack.services import all_services, by_name
+
+    try:
+        services = [by_name(n) for n in names] if names else all_services()
+    except KeyError as exc:
+        raise click.UsageError(str(exc.args[0])) from None
+    return Runner(services)
+
+
+@click.group()
+def stack() -> None:
+    """Fetch, start, inspect and stop the local services (state under $COVIDFLOW_HOME, default ~/.covidflow)."""
+
+
+@stack.command()
+@click.argument("services", nargs=-1)
+def up(services: tuple[str, ...]) -> None:
+    """Start SERVICES (default: all), one after the other; services already up are left alone."""
+    from covidflow.stack.runner import StackError
+
+    runner = _runner(services)
+    try:
+        runner.up()
+    except StackError as exc:
+        click.echo(f"\nstack up failed: {exc}", err=True)
+        sys.exit(1)
+    for state in runner.status():
+        click.echo(state.line())
+
+
+@stack.command()
+@click.argument("services", nargs=-1)
+def down(services: tuple[str, ...]) -> None:
+    """Stop SERVICES (default: all) that the stack started; data is kept."""
+    _runner(services).down()
+    click.echo("stopped; data kept (covidflow stack reset wipes it)")
+
+
+@stack.command()
+def status() -> None:
+    """One line per service: up or down, port, pid, log path. Exits 1 when any is down."""
+    states = _runner().status()
+    for state in states:
+        click.echo(state.line())
+    sys.exit(0 if all(s.up for s in states) else 1)
+
+
+@stack.command()
+@click.argument("service")
+@click.option("-n", "--lines", default=100, show_default=True, help="How many lines from the end of each log.")
+def logs(service: str, lines: int) -> None:
+    """Print the end of SERVICE's log(s)."""
+    from covidflow.stack.runner import tail
+
+    runner = _runner((service,))
+    for path in runner.status()[0].logs:
+        click.echo(f"==> {path} <==")
+        click.echo(tail(path, lines))
+
+
+@stack.command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def reset(yes: bool) -> None:
+    """Stop everything and wipe data, configuration and logs (downloads in cache/ are kept)."""
+    runner = _runner()
+    if not yes:
+        click.confirm(f"Wipe all stack data under {runner.home.root} (the download cache is kept)?", abort=True)
+    runner.reset()
+    click.echo(f"stack data wiped under {runner.home.root}")
