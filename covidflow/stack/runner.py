@@ -134,7 +134,6 @@ class Runner:
         argv = list(proc.argv)
         if proc.user and os.geteuid() == 0:
             argv = ["setpriv", f"--reuid={proc.user}", f"--regid={proc.user}", "--init-groups", "--", *argv]
-            shutil.chown(logfile.parent, proc.user)
         env = {**os.environ, **proc.env}
         with logfile.open("ab") as out:
             out.write(f"\n=== covidflow: starting {proc.name} at {time.ctime()}: {' '.join(argv)}\n".encode())
