@@ -109,9 +109,7 @@ def _pom(name: str, coords: Sequence[MavenCoord]) -> str:
     deps = []
     for coord in coords:
         excl = "".join(
-            "<exclusion><groupId>{}</groupId><artifactId>{}</artifactId></exclusion>".format(
-                *map(escape, e.split(":"))
-            )
+            "<exclusion><groupId>{}</groupId><artifactId>{}</artifactId></exclusion>".format(*map(escape, e.split(":")))
             for e in coord.exclusions
         )
         classifier = f"<classifier>{escape(coord.classifier)}</classifier>" if coord.classifier else ""
@@ -151,9 +149,15 @@ def maven_classpath(name: str, coords: Sequence[MavenCoord], cache: Path) -> lis
         pom = Path(tmp) / "pom.xml"
         pom.write_text(_pom(name, coords))
         cmd = [
-            "mvn", "-B", "-q", "-C", "-f", str(pom),
+            "mvn",
+            "-B",
+            "-q",
+            "-C",
+            "-f",
+            str(pom),
             "dependency:copy-dependencies",
-            f"-DoutputDirectory={folder}", "-DincludeScope=runtime",
+            f"-DoutputDirectory={folder}",
+            "-DincludeScope=runtime",
         ]
         log.info("resolving %s from Maven Central: %s", name, ", ".join(map(str, coords)))
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -139,8 +139,13 @@ class Runner:
             out.write(f"\n=== covidflow: starting {proc.name} at {time.ctime()}: {' '.join(argv)}\n".encode())
             out.flush()
             child = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=proc.cwd, env=env, start_new_session=True,
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=proc.cwd,
+                env=env,
+                start_new_session=True,
             )
         self.home.pid_file(proc.name).write_text(f"{child.pid}\n")
         log.info("%s: started pid %d, log %s", proc.name, child.pid, logfile)
@@ -154,9 +159,7 @@ class Runner:
             if service.is_healthy():
                 return
             if time.monotonic() > deadline:
-                raise StackError(
-                    self._failure(service, procs[0], f"not healthy after {service.start_timeout:.0f} s")
-                )
+                raise StackError(self._failure(service, procs[0], f"not healthy after {service.start_timeout:.0f} s"))
             time.sleep(1.0)
 
     def _failure(self, service: Service, proc: ProcessSpec, what: str) -> str:

@@ -37,7 +37,9 @@ def publish(folder: Path, body: bytes, sha1: str | None = None) -> None:
 def test_coordinates_parse_with_classifier_and_extension() -> None:
     coord = MavenCoord.parse("org.elasticsearch.distribution.integ-test-zip:elasticsearch:8.19.21@zip")
     assert coord.filename == "elasticsearch-8.19.21.zip"
-    assert coord.url.endswith("/org/elasticsearch/distribution/integ-test-zip/elasticsearch/8.19.21/elasticsearch-8.19.21.zip")
+    assert coord.url.endswith(
+        "/org/elasticsearch/distribution/integ-test-zip/elasticsearch/8.19.21/elasticsearch-8.19.21.zip"
+    )
     assert MavenCoord.parse("a:b:1:bin@tar.gz").filename == "b-1-bin.tar.gz"
     with pytest.raises(ValueError, match="bad Maven coordinate"):
         MavenCoord.parse("just-a-name")
