@@ -6,6 +6,8 @@ missing=()
 command -v mvn >/dev/null || missing+=(maven)
 ls /usr/lib/jvm/*17*/bin/java >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
 command -v setpriv >/dev/null || missing+=(util-linux)
+# Elasticsearch runs as its own user and must reach $COVIDFLOW_HOME through a private /root: setfacl.
+command -v setfacl >/dev/null || missing+=(acl)
 if [ ${#missing[@]} -eq 0 ]; then
   echo "prereqs: JDK 17, Maven and setpriv present"
   exit 0

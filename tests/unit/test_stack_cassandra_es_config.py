@@ -1,0 +1,59 @@
+"""The generated Cassandra and Elasticsearch configuration: loopback only, our directories, valid syntax."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from covidflow.stack.home import StackHome
+from covidflow.stack.services.cassandra import CASSANDRA_YAML, STORAGE_PORT, CassandraService, _quote
+from covidflow.stack.services.elasticsearch import ElasticsearchService, elasticsearch_yml
+
+
+def test_cassandra_yaml_is_single_node_on_loopback(tmp_path: Path) -> None:
+    conf = yaml.safe_load(CASSANDRA_YAML.format(host="127.0.0.1", port=9042, storage_port=STORAGE_PORT, data=tmp_path))
+    assert conf["listen_address"] == conf["rpc_address"] == "127.0.0.1"
+    assert conf["seed_provider"][0]["parameters"][0]["seeds"] == "127.0.0.1:7000"
+    assert conf["native_transport_port"] == 9042
+    assert conf["authenticator"] == "AllowAllAuthenticator"
+    assert conf["data_file_directories"] == [f"{tmp_path}/data"]
+    assert {conf["commitlog_directory"], conf["hints_directory"], conf["saved_caches_directory"]} == {
+        f"{tmp_path}/commitlog",
+        f"{tmp_path}/hints",
+        f"{tmp_path}/saved_caches",
+    }
+
+
+def test_cassandra_jvm_args_carry_heap_agent_and_jpms_flags(tmp_path: Path) -> None:
+    home = StackHome(tmp_path)
+    service = CassandraService()
+    jars = [tmp_path / "cassandra-all-5.0.9.jar", tmp_path / "jamm-0.4.0.jar"]
+    args = service.jvm_args(home, jars)
+    assert args[-1] == "org.apache.cassandra.service.CassandraDaemon"
+    assert f"-Xmx{service.heap}" in args
+    assert f"-javaagent:{tmp_path / 'jamm-0.4.0.jar'}" in args
+    assert "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED" in args
+    assert "-Dcassandra-foreground=yes" in args
+    assert args[args.index("-cp") + 1] == ":".join(map(str, jars))
+
+
+def test_argfile_quoting() -> None:
+    assert _quote('a "b" c\\d') == '"a \\"b\\" c\\\\d"'
+
+
+def test_elasticsearch_yml_is_single_node_without_security(tmp_path: Path) -> None:
+    conf = yaml.safe_load(elasticsearch_yml(tmp_path, 9200))
+    assert conf["discovery.type"] == "single-node"
+    assert conf["network.host"] == "127.0.0.1"
+    assert (conf["http.port"], conf["transport.port"]) == (9200, 9300)
+    assert conf["xpack.security.enabled"] is False
+    assert conf["cluster.routing.allocation.disk.threshold_enabled"] is False
+    assert conf["path.data"] == str(tmp_path / "data")
+
+
+def test_elasticsearch_process_points_at_our_config(tmp_path: Path) -> None:
+    home = StackHome(tmp_path)
+    (proc,) = ElasticsearchService().processes(home)
+    assert proc.env["ES_PATH_CONF"] == str(tmp_path / "conf" / "elasticsearch")
+    assert proc.argv[0].endswith("/bin/elasticsearch")
