@@ -46,3 +46,9 @@ class ReaderOptions:
 
     format: str
     options: dict[str, Any] = field(default_factory=dict)
+
+
+def reject(file: str, index: int, reason: str, *, line: int | None = None, excerpt: str = "") -> RawReject:
+    """A RawReject whose reason names the file and the line (or record), like ReaderError does."""
+    where = f" line {line}" if line is not None else f" record {index}"
+    return RawReject(index, f"{file}{where}: {reason}", line=line, excerpt=excerpt[:200])

@@ -1,0 +1,131 @@
+"""Read throughput: our csv reader vs a plain ``csv`` loop, on a synthetic SPF-shaped hospital file.
+
+Each phase runs in its own subprocess so that its peak RSS is its own. To add a phase (e.g. the
+``covidflow sources preview`` path), write a function ``(path) -> rows`` and register it in PHASES.
+
+    .venv/bin/python bench/read_throughput.py              # ~100 MB file (2.65M rows) in a temp dir
+    .venv/bin/python bench/read_throughput.py --rows 200000 --file /tmp/spf.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_ROWS = 2_650_000  # ~100 MB with SPF's quoting and CRLF
+
+
+def generate(path: Path, rows: int) -> None:
+    """SPF hospital layout: "dep";sexe;"jour";hosp;rea;rad;dc with CRLF, quoted text fields."""
+    rng = random.Random(2020)
+    deps = [f"{i:02d}" for i in range(1, 96) if i != 20] + ["2A", "2B", "971", "972", "973", "974", "976"]
+    with path.open("w", encoding="utf-8", newline="") as out:
+        out.write('"dep";"sexe";"jour";"hosp";"rea";"rad";"dc"\r\n')
+        written, day = 0, 0
+        while written < rows:
+            jour = f"2020-{3 + day // 28:02d}-{1 + day % 28:02d}"
+            for dep in deps:
+                for sexe in (0, 1, 2):
+                    if written == rows:
+                        break
+                    hosp, rea = rng.randrange(2000), rng.randrange(400)
+                    out.write(f'"{dep}";{sexe};"{jour}";{hosp};{rea};{rng.randrange(9000)};{rng.randrange(900)}\r\n')
+                    written += 1
+            day += 1
+
+
+def phase_plain_csv(path: Path) -> int:
+    """Baseline: the stdlib csv module, rows as lists."""
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter=";")
+        next(reader)
+        return sum(1 for _ in reader)
+
+
+def phase_plain_dictreader(path: Path) -> int:
+    """Baseline that also builds a dict per row, like our records."""
+    with path.open(encoding="utf-8", newline="") as f:
+        return sum(1 for _ in csv.DictReader(f, delimiter=";"))
+
+
+def phase_covidflow_csv(path: Path) -> int:
+    """Our reader: records with line numbers, per-row rejects, caps."""
+    from covidflow.read import RawRecord, open_records
+
+    rows = 0
+    for item in open_records(path, "csv", {"delimiter": ";"}):
+        if not isinstance(item, RawRecord):
+            raise SystemExit(f"unexpected reject: {item}")
+        rows += 1
+    return rows
+
+
+PHASES: dict[str, Callable[[Path], int]] = {
+    "plain_csv": phase_plain_csv,
+    "plain_dictreader": phase_plain_dictreader,
+    "covidflow_csv": phase_covidflow_csv,
+}
+BASELINE = "plain_csv"
+
+
+def run_phase(name: str, path: Path) -> None:
+    """Child process: run one phase, print its figures as JSON."""
+    start = time.perf_counter()
+    rows = PHASES[name](path)
+    seconds = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({"phase": name, "rows": rows, "seconds": seconds, "peak_rss_kib": peak_kib}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="data rows to generate (default ~100 MB)")
+    parser.add_argument("--file", type=Path, help="CSV to use; generated there if missing (default: a temp dir)")
+    parser.add_argument("--phases", default=",".join(PHASES), help="comma-separated phases to run")
+    parser.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase in this process
+    args = parser.parse_args()
+    if args.phase:
+        run_phase(args.phase, args.file)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.file or Path(tmp) / f"spf_hosp_{args.rows}.csv"
+        if not path.exists():
+            print(f"generating {args.rows} rows -> {path}", flush=True)
+            generate(path, args.rows)
+        size_mb = path.stat().st_size / 1e6
+        print(f"file: {path} ({size_mb:.1f} MB)")
+        results = {}
+        for name in args.phases.split(","):
+            out = subprocess.run(
+                [sys.executable, __file__, "--phase", name, "--file", str(path)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            results[name] = json.loads(out.strip().splitlines()[-1])
+        base = results.get(BASELINE)
+        vs = "vs " + BASELINE
+        print(f"{'phase':<18} {'rows':>10} {'seconds':>8} {'rows/s':>11} {'MB/s':>7} {vs:>13} {'peak RSS':>9}")
+        for name, r in results.items():
+            rate = r["rows"] / r["seconds"]
+            ratio = f"{rate / (base['rows'] / base['seconds']):.2f}x" if base else "-"
+            print(
+                f"{name:<18} {r['rows']:>10} {r['seconds']:>8.2f} {rate:>11,.0f} {size_mb / r['seconds']:>7.1f} "
+                f"{ratio:>13} {r['peak_rss_kib'] / 1024:>7.1f}MB"
+            )
+
+
+if __name__ == "__main__":
+    main()
