@@ -9,7 +9,7 @@ command -v setpriv >/dev/null || missing+=(util-linux)
 # Elasticsearch runs as its own user and must reach $COVIDFLOW_HOME through a private /root: setfacl.
 command -v setfacl >/dev/null || missing+=(acl)
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "prereqs: JDK 17, Maven and setpriv present"
+  echo "prereqs: JDK 17, Maven, setpriv and setfacl present"
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
