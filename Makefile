@@ -43,7 +43,10 @@ lint: venv  ## ruff, as CI runs it.
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-unit: venv  ## Fast tests: pure functions and DAG integrity, no services.
+compose:  ## Install the pinned Docker Compose binary (validates docker-compose.yaml without an engine).
+	bash scripts/install-compose.sh
+
+unit: venv compose  ## Fast tests: pure functions and DAG integrity, no services.
 	$(PYTEST) -m "not integration and not e2e" tests
 
 integration: up  ## Tests on the real local stack (started if needed).
@@ -57,4 +60,4 @@ test: venv  ## Everything: lint, unit and DAG tests, then the stack and the inte
 bench: venv  ## Benchmarks (see bench/README.md).
 	$(BIN)/python bench/read_throughput.py
 
-.PHONY: help venv lock up status down reset demo lint unit integration test bench
+.PHONY: help venv lock compose up status down reset demo lint unit integration test bench
