@@ -1,0 +1,127 @@
+"""Load and check ``include/schemas/observation.yaml``, the one definition every store is derived from.
+
+The Cassandra CQL, the Elasticsearch template and the Spark schema are generated from the object
+returned by :func:`load_schema`, so a field added here shows up everywhere (and tests prove it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from covidflow import PROJECT_ROOT
+
+SCHEMA_PATH = PROJECT_ROOT / "include" / "schemas" / "observation.yaml"
+_STORES = ("cql", "es", "spark")
+
+
+class SchemaError(ValueError):
+    """observation.yaml is inconsistent; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str
+    nullable: bool
+    description: str
+
+
+@dataclass(frozen=True)
+class ObservationSchema:
+    name: str
+    version: int
+    description: str
+    types: dict[str, dict[str, str]]
+    fields: tuple[Field, ...]
+    record_id_fields: tuple[str, ...]
+    dimensions: tuple[str, ...]
+    dimension_defaults: dict[str, str]
+    cassandra: dict[str, Any]
+    elasticsearch: dict[str, Any]
+
+    @property
+    def field_names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    def field(self, name: str) -> Field:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def store_type(self, field: Field, store: str) -> str:
+        """The type of ``field`` in ``store`` (cql, es or spark)."""
+        return self.types[field.type][store]
+
+
+def _check(raw: dict[str, Any], path: Path) -> None:
+    """Fail loudly on a schema that the generators would turn into nonsense."""
+    for key in ("name", "version", "types", "fields", "record_id", "dimensions", "cassandra", "elasticsearch"):
+        if key not in raw:
+            raise SchemaError(f"{path}: missing top-level key {key!r}")
+    if not isinstance(raw["version"], int) or raw["version"] < 1:
+        raise SchemaError(f"{path}: version must be a positive integer")
+    for tname, spelled in raw["types"].items():
+        missing = [s for s in _STORES if s not in spelled]
+        if missing:
+            raise SchemaError(f"{path}: type {tname!r} has no spelling for {missing}")
+    seen: set[str] = set()
+    for f in raw["fields"]:
+        for key in ("name", "type", "nullable", "description"):
+            if key not in f:
+                raise SchemaError(f"{path}: field {f.get('name', '?')!r} lacks {key!r}")
+        if f["name"] in seen:
+            raise SchemaError(f"{path}: field {f['name']!r} defined twice")
+        if f["type"] not in raw["types"]:
+            raise SchemaError(f"{path}: field {f['name']!r} has unknown type {f['type']!r}")
+        seen.add(f["name"])
+    for name in [*raw["record_id"]["fields"], *raw["dimensions"]]:
+        if name not in seen:
+            raise SchemaError(f"{path}: record_id/dimensions name unknown field {name!r}")
+    for table in raw["cassandra"]["tables"]:
+        cols = seen if table["columns"] == "all" else set(table["columns"])
+        keys = [*table["partition_key"], *(c for c, _ in table["clustering"])]
+        for col in keys:
+            if col not in cols or col not in seen:
+                raise SchemaError(f"{path}: table {table['name']!r} key column {col!r} is not a column")
+            if raw["fields"][[f["name"] for f in raw["fields"]].index(col)]["nullable"]:
+                raise SchemaError(f"{path}: table {table['name']!r} key column {col!r} is nullable")
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> ObservationSchema:
+    """Read and check observation.yaml (safe YAML only)."""
+    return _load_cached(Path(path))
+
+
+@cache
+def _load_cached(path: Path) -> ObservationSchema:
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    _check(raw, path)
+    return ObservationSchema(
+        name=raw["name"],
+        version=raw["version"],
+        description=raw.get("description", ""),
+        types=raw["types"],
+        fields=tuple(Field(f["name"], f["type"], bool(f["nullable"]), f["description"]) for f in raw["fields"]),
+        record_id_fields=tuple(raw["record_id"]["fields"]),
+        dimensions=tuple(raw["dimensions"]),
+        dimension_defaults=dict(raw["dimension_defaults"]),
+        cassandra=raw["cassandra"],
+        elasticsearch=raw["elasticsearch"],
+    )
+
+
+def record_id(record: dict[str, Any], schema: ObservationSchema | None = None) -> str:
+    """sha256 of the identifying fields (in schema order, U+001F-joined), first 32 hex chars."""
+    schema = schema or load_schema()
+    parts = []
+    for name in schema.record_id_fields:
+        value = record[name]
+        parts.append(value.isoformat() if hasattr(value, "isoformat") else str(value))
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]

@@ -1,0 +1,1 @@
+"""Cassandra, the system of record: schema generation (and, later, the writers)."""
