@@ -19,11 +19,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import date, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+FIRST_DAY = date(2020, 3, 1)
 DEFAULT_ROWS = 2_650_000  # ~100 MB with SPF's quoting and CRLF
 
 
@@ -35,7 +37,7 @@ def generate(path: Path, rows: int) -> None:
         out.write('"dep";"sexe";"jour";"hosp";"rea";"rad";"dc"\r\n')
         written, day = 0, 0
         while written < rows:
-            jour = f"2020-{3 + day // 28:02d}-{1 + day % 28:02d}"
+            jour = (FIRST_DAY + timedelta(days=day)).isoformat()
             for dep in deps:
                 for sexe in (0, 1, 2):
                     if written == rows:
@@ -72,10 +74,27 @@ def phase_covidflow_csv(path: Path) -> int:
     return rows
 
 
+def phase_sources_preview(path: Path) -> int:
+    """What ``covidflow sources preview spf_donnees_hospitalieres FILE`` does: reader + normalisation core.
+
+    Counts input rows (each becomes 4 canonical records), so its rate compares with the other phases.
+    """
+    from covidflow.catalog.specs import find_spec
+    from covidflow.normalise.preview import run_file
+
+    records, summary = run_file(find_spec("spf_donnees_hospitalieres"), path)
+    for _ in records:
+        pass
+    if summary.reject_count or summary.error:
+        raise SystemExit("unexpected rejects:\n" + "\n".join(summary.lines()))
+    return summary.rows_read
+
+
 PHASES: dict[str, Callable[[Path], int]] = {
     "plain_csv": phase_plain_csv,
     "plain_dictreader": phase_plain_dictreader,
     "covidflow_csv": phase_covidflow_csv,
+    "sources_preview": phase_sources_preview,
 }
 BASELINE = "plain_csv"
 

@@ -18,6 +18,8 @@ from covidflow.normalise.core import Normaliser, Provenance, Reject
 from covidflow.read import ReaderError, open_records
 
 EXAMPLES_PER_REASON = 3
+#: Duplicate ids are looked for among the first records only, so a preview of any size stays in bounded memory.
+DUPLICATE_CHECK_LIMIT = 1_000_000
 
 
 @dataclass
@@ -28,6 +30,7 @@ class Summary:
     reject_examples: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     skips: Counter[tuple[str, str]] = field(default_factory=Counter)
     duplicate_ids: int = 0
+    duplicate_check_truncated: bool = False
     error: str | None = None  # the whole file could not be read (ReaderError)
 
     @property
@@ -48,7 +51,8 @@ class Summary:
             out.extend(f"      e.g. {ex}" for ex in self.reject_examples[(fld, reason)])
         out.append(f"skipped (explained): {sum(self.skips.values())}")
         out.extend(f"  {n} x field {fld!r}: {reason}" for (fld, reason), n in self.skips.most_common())
-        out.append(f"duplicate record ids: {self.duplicate_ids}")
+        scope = f" (among the first {DUPLICATE_CHECK_LIMIT:,} records)" if self.duplicate_check_truncated else ""
+        out.append(f"duplicate record ids: {self.duplicate_ids}{scope}")
         if self.error:
             out.append(f"file error: {self.error}")
         return out
@@ -85,7 +89,10 @@ def run_file(
                 for record in result.records:
                     if record["record_id"] in seen:
                         summary.duplicate_ids += 1
-                    seen.add(record["record_id"])
+                    elif len(seen) < DUPLICATE_CHECK_LIMIT:
+                        seen.add(record["record_id"])
+                    else:
+                        summary.duplicate_check_truncated = True
                     summary.records_out += 1
                     yield record
         except ReaderError as exc:
