@@ -53,6 +53,7 @@ def status() -> None:
     states = _runner().status()
     for state in states:
         click.echo(state.line())
+    click.echo(f"total rss {sum(s.rss_bytes for s in states) / 2**30:.2f} GB")
     sys.exit(0 if all(s.up for s in states) else 1)
 
 

@@ -33,11 +33,29 @@ class ServiceState:
     port: int
     pids: list[int]
     logs: list[Path]
+    rss_bytes: int = 0  # the service's processes and all their children
 
     def line(self) -> str:
         pids = ",".join(map(str, self.pids)) or "-"
         logs = " ".join(str(p) for p in self.logs)
-        return f"{self.name:<14} {'up' if self.up else 'down':<5} port {self.port:<5} pid {pids:<18} {logs}"
+        rss = f"{self.rss_bytes / 2**20:.0f} MB" if self.pids else "-"
+        return (
+            f"{self.name:<14} {'up' if self.up else 'down':<5} port {self.port:<5} rss {rss:>8}  pid {pids:<18} {logs}"
+        )
+
+
+def tree_rss(pids: Iterable[int]) -> int:
+    """Resident memory of processes and their descendants (what `stack status` reports)."""
+    import psutil
+
+    total = 0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            total += sum(p.memory_info().rss for p in (root, *root.children(recursive=True)))
+        except psutil.Error:
+            continue
+    return total
 
 
 def pid_alive(pid: int) -> bool:
@@ -87,7 +105,8 @@ class Runner:
         procs = service.processes(self.home)
         pids = [pid for pid in (read_pid(self.home, p.name) for p in procs) if pid]
         up = len(pids) == len(procs) and service.is_healthy()
-        return ServiceState(service.name, up, service.port, pids, [self.home.log_file(p.name) for p in procs])
+        logs = [self.home.log_file(p.name) for p in procs]
+        return ServiceState(service.name, up, service.port, pids, logs, tree_rss(pids))
 
     def status(self) -> list[ServiceState]:
         return [self.state(s) for s in self.services]

@@ -111,7 +111,7 @@ class CassandraService(Service):
     port = CASSANDRA_PORT
     extra_ports = (STORAGE_PORT, JMX_PORT)
     start_timeout = 240.0
-    heap = "1G"
+    heap = "768M"
 
     def fetch(self, home: StackHome) -> None:
         self._classpath(home)

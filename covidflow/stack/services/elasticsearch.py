@@ -58,7 +58,7 @@ class ElasticsearchService(Service):
     port = ELASTICSEARCH_PORT
     extra_ports = (TRANSPORT_PORT,)
     start_timeout = 180.0
-    heap = "1g"
+    heap = "512m"
 
     def es_home(self, home: StackHome) -> Path:
         return home.cache / f"elasticsearch-{VERSION}" / f"elasticsearch-{VERSION}"
