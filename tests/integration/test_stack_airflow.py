@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-
 import pytest
 
 from covidflow import settings
+from covidflow.stack.airflow_api import AirflowClient
+from covidflow.stack.airflow_api import request as _request
 from covidflow.stack.home import StackHome
 from covidflow.stack.services.airflow import ADMIN_USER, admin_password, passwords_file
 
 pytestmark = pytest.mark.integration
-
-
-def _request(method: str, path: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict]:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"{settings.AIRFLOW_URL}{path}", data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
 
 
 @pytest.fixture(scope="module")
@@ -85,20 +68,7 @@ def test_dag_processor_reports_no_import_errors(token: str) -> None:
 
 def test_stack_check_dag_succeeds_through_the_scheduler(token: str) -> None:
     """Needs the whole stack up: each task reaches one service through its AIRFLOW_CONN_* connection."""
-    dag = "/api/v2/dags/covidflow_stack_check"
-    status, body = _request("PATCH", dag, {"is_paused": False}, token=token)
-    assert status == 200, body
-    status, run = _request("POST", f"{dag}/dagRuns", {"logical_date": None}, token=token)
-    assert status == 200, run
-    run_url = f"{dag}/dagRuns/{urllib.parse.quote(run['dag_run_id'])}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        state = _request("GET", run_url, token=token)[1]["state"]
-        if state in ("success", "failed"):
-            break
-        time.sleep(2)
-    tasks = _request("GET", f"{run_url}/taskInstances", token=token)[1]["task_instances"]
-    assert {t["task_id"]: t["state"] for t in tasks} == {
-        name: "success" for name in ("s3", "kafka", "cassandra", "elasticsearch", "spark")
-    }
+    client = AirflowClient()
+    state, tasks = client.wait("covidflow_stack_check", client.trigger("covidflow_stack_check"), timeout=180)
+    assert tasks == {name: "success" for name in ("s3", "kafka", "cassandra", "elasticsearch", "spark")}
     assert state == "success"

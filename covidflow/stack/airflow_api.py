@@ -1,0 +1,74 @@
+"""A small client of Airflow's REST API (v2): what `make demo` and the tests need to drive DAG runs.
+
+It logs in as the stack's simple-auth admin; the password comes from the stack's own secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from covidflow import settings
+from covidflow.stack.home import StackHome
+
+FINISHED = ("success", "failed")
+
+
+class AirflowApiError(RuntimeError):
+    """The API answered with an unexpected status; the message carries it and the body."""
+
+
+def request(
+    method: str, path: str, body: dict[str, Any] | None = None, token: str | None = None, timeout: float = 10
+) -> tuple[int, dict[str, Any]]:
+    """(status, JSON body) of one call; HTTP errors are returned, not raised, so callers can assert on them."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{settings.AIRFLOW_URL}{path}", data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+class AirflowClient:
+    def __init__(self, home: StackHome | None = None) -> None:
+        from covidflow.stack.services.airflow import ADMIN_USER, admin_password
+
+        status, body = request("POST", "/auth/token", {"username": ADMIN_USER, "password": admin_password(home)})
+        if status != 201:
+            raise AirflowApiError(f"login as {ADMIN_USER} failed: HTTP {status} {body}")
+        self.token = body["access_token"]
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, ok: tuple[int, ...] = (200,)) -> dict:
+        status, answer = request(method, path, body, self.token)
+        if status not in ok:
+            raise AirflowApiError(f"{method} {path}: HTTP {status} {answer}")
+        return answer
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        """Unpause ``dag_id`` and start a run now; returns the run id."""
+        dag = f"/api/v2/dags/{dag_id}"
+        self.call("PATCH", dag, {"is_paused": False})
+        run = self.call("POST", f"{dag}/dagRuns", {"logical_date": None, "conf": conf or {}})
+        return run["dag_run_id"]
+
+    def wait(self, dag_id: str, run_id: str, timeout: float = 300) -> tuple[str, dict[str, str]]:
+        """Wait for the run to finish; returns its state and each task's state."""
+        url = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}"
+        deadline = time.monotonic() + timeout
+        state = "queued"
+        while time.monotonic() < deadline:
+            state = self.call("GET", url)["state"]
+            if state in FINISHED:
+                break
+            time.sleep(2)
+        tasks = self.call("GET", f"{url}/taskInstances")["task_instances"]
+        return state, {t["task_id"]: t["state"] for t in tasks}
