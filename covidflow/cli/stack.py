@@ -79,3 +79,16 @@ def reset(yes: bool) -> None:
         click.confirm(f"Wipe all stack data under {runner.home.root} (the download cache is kept)?", abort=True)
     runner.reset()
     click.echo(f"stack data wiped under {runner.home.root}")
+
+
+@stack.command()
+def credentials() -> None:
+    """Print this machine's generated logins: the Airflow UI admin and the S3 keys."""
+    from covidflow.stack.home import StackHome
+    from covidflow.stack.services.airflow import ADMIN_USER, admin_password
+    from covidflow.stack.services.s3 import s3_credentials
+
+    home = StackHome.from_env()
+    access_key, secret_key = s3_credentials(home)
+    click.echo(f"airflow  user {ADMIN_USER}  password {admin_password(home)}")
+    click.echo(f"s3       access key {access_key}  secret key {secret_key}")
