@@ -108,7 +108,7 @@ def preview(source_id: str, file: Path, limit: int, fmt: str) -> None:
             )
     to_stderr = fmt != "table"
     click.echo("", err=to_stderr)
-    click.echo(f"summary for {file} ({source_id}):", err=to_stderr)
+    click.echo(f"summary for {file} ({spec.id}):", err=to_stderr)
     for line in summary.lines():
         click.echo(line, err=to_stderr)
     if summary.error:
