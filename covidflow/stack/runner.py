@@ -127,8 +127,9 @@ class Runner:
         if not any(running.values()):
             taken = [port for port in service.ports if port_open(port)]
             if taken:
+                ports = f"port {taken[0]}" if len(taken) == 1 else f"ports {', '.join(map(str, taken))}"
                 raise StackError(
-                    f"{service.name}: port {', '.join(map(str, taken))} on 127.0.0.1 is already in use by a "
+                    f"{service.name}: {ports} on 127.0.0.1 already in use by a "
                     f"process the stack did not start. Stop it, or free the port, then run `covidflow stack up`."
                 )
         started = time.monotonic()

@@ -68,7 +68,7 @@ def test_port_taken_by_a_stranger_names_the_service_and_port(home: StackHome) ->
         port = squatter.getsockname()[1]
         with pytest.raises(StackError) as err:
             Runner([TinyHttp(port)], home).up()
-    assert f"tiny: port {port} on 127.0.0.1 is already in use" in str(err.value)
+    assert f"tiny: port {port} on 127.0.0.1 already in use by a process the stack did not start" in str(err.value)
     assert read_pid(home, "tiny") is None
 
 
