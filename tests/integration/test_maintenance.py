@@ -1,0 +1,334 @@
+"""Maintenance DAGs on the real local stack, each run with ``dag.test()`` against throwaway names.
+
+Needs `covidflow stack up cassandra elasticsearch`. A keyspace ``mt_<random>`` and an alias
+``mt-<random>-obs`` keep these runs away from the real covid-observations data; both are removed after.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+import covidflow
+
+# Same Airflow home as tests/dags (whichever module imports Airflow first decides it for the session).
+os.environ.setdefault("AIRFLOW_HOME", os.path.join(tempfile.gettempdir(), "covidflow-test-airflow-home"))
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(covidflow.PROJECT_ROOT / "dags"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+
+from covidflow import settings
+from covidflow.stack.connections import airflow_conn_env
+from covidflow.stack.home import StackHome
+
+pytestmark = pytest.mark.integration
+
+RUN = uuid.uuid4().hex[:8]
+KEYSPACE = f"mt_{RUN}"
+HOST = "127.0.0.1"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def airflow_env() -> None:
+    """Connections as the stack defines them, and a migrated metadata DB for dag.test()."""
+    os.environ.update(airflow_conn_env(StackHome.from_env()))
+    airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
+    proc = subprocess.run([airflow, "db", "migrate"], capture_output=True, text=True, env=os.environ)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def _dag(dag_id: str) -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(covidflow.PROJECT_ROOT / "dags" / f"{dag_id}.py"))
+    assert bag.import_errors == {}, bag.import_errors
+    return bag.dags[dag_id]
+
+
+def run_dag(dag_id: str, conf: dict[str, Any]) -> tuple[str, dict[str, str], Any]:
+    """dag.test() with ``conf`` as params: (run state, task states, xcom getter)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    dr = _dag(dag_id).test(run_conf=conf)
+    with create_session() as session:
+        states = {ti.task_id: str(ti.state) for ti in dr.get_task_instances(session=session)}
+
+    def xcom(task_id: str, key: str = "return_value") -> Any:
+        with create_session() as session:
+            row = (
+                session.query(XComModel)
+                .filter_by(dag_id=dag_id, run_id=dr.run_id, task_id=task_id, key=key)
+                .one_or_none()
+            )
+            return None if row is None else XComModel.deserialize_value(row)
+
+    return str(dr.state), states, xcom
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cassandra
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cassandra():
+    from cassandra.cluster import Cluster
+
+    from covidflow.store.cassandra_schema import generate_cql, statements
+
+    cluster = Cluster([settings.CASSANDRA_HOST], port=settings.CASSANDRA_PORT, connect_timeout=10)
+    try:
+        session = cluster.connect()
+    except Exception as exc:  # any driver error means the stack is not up
+        pytest.fail(f"Cassandra unreachable at {settings.CASSANDRA_HOST}: {exc}; run `covidflow stack up cassandra`")
+    for statement in statements(generate_cql(keyspace=KEYSPACE)):
+        session.execute(statement, timeout=60)
+    yield session
+    session.execute(f"DROP KEYSPACE IF EXISTS {KEYSPACE}", timeout=60)
+    cluster.shutdown()
+
+
+def nodetool(*args: str) -> str:
+    from covidflow.store.maintenance import load_config, run_nodetool
+
+    return run_nodetool(load_config()["cassandra"]["nodetool"], HOST, *args)
+
+
+def write_and_flush(session: Any, table: str, batches: int, start: int = 0) -> None:
+    """One sstable per batch: insert a few rows, then flush the memtable."""
+    insert = session.prepare(f"INSERT INTO {KEYSPACE}.{table} (source_id, vintage, source_object_key) VALUES (?, ?, ?)")
+    for b in range(start, start + batches):
+        for s in range(3):
+            session.execute(insert, (f"src{s}", datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=b), f"k{b}"))
+        nodetool("flush", KEYSPACE, table)
+
+
+def test_cassandra_check_passes_on_a_healthy_keyspace(cassandra) -> None:
+    write_and_flush(cassandra, "vintages_by_source", 1)
+    state, tasks, xcom = run_dag("covidflow_cassandra_maintenance", {"keyspace": KEYSPACE})
+    assert (state, tasks) == ("success", {"inspect": "success", "compact": "success", "check": "success"})
+    report = xcom("check", "report")
+    assert report["status"] == "ok" and report["findings"] == []
+    node = report["nodes"][HOST]
+    assert node["nodetool"] == "ok"
+    tables = node["tables"]
+    assert sorted(tables) == ["observations_by_vintage", "observations_latest", "vintages_by_source"]
+    assert {t: m["sstable_count"] for t, m in tables.items()} == {
+        "observations_by_vintage": 0,
+        "observations_latest": 0,
+        "vintages_by_source": 1,
+    }
+    assert tables["observations_latest"]["compaction_class"] == "UnifiedCompactionStrategy"
+    assert tables["observations_latest"]["compaction_options"]["scaling_parameters"] == "L4"
+    assert all(m["compaction_drift"] == [] for m in tables.values())
+    assert tables["vintages_by_source"]["space_used_live_bytes"] > 0
+    assert node["not_observed"] == []
+
+
+def test_cassandra_check_fails_on_too_many_sstables_and_dry_run_changes_nothing(cassandra) -> None:
+    nodetool("disableautocompaction", KEYSPACE, "vintages_by_source")  # compaction "falling behind"
+    write_and_flush(cassandra, "vintages_by_source", 5, start=1)
+    conf = {"keyspace": KEYSPACE, "thresholds": {"sstable_count": 4}, "compact": True}  # dry_run defaults to true
+    state, tasks, xcom = run_dag("covidflow_cassandra_maintenance", conf)
+    assert (state, tasks) == ("failed", {"inspect": "success", "compact": "success", "check": "failed"})
+    report = xcom("check", "report")
+    assert [f["message"] for f in report["findings"]] == [
+        f"[FAIL] node {HOST} table vintages_by_source: sstable_count = 6 > threshold 4"
+    ]
+    assert xcom("compact") == {"ran": False, "targets": {HOST: ["vintages_by_source"]}, "sstables_before": {
+        HOST: {"observations_by_vintage": 0, "observations_latest": 0, "vintages_by_source": 6}}}  # fmt: skip
+    assert report["nodes"][HOST]["tables"]["vintages_by_source"]["sstable_count"] == 6
+
+
+def test_cassandra_compaction_flag_reduces_the_sstable_count(cassandra) -> None:
+    conf = {"keyspace": KEYSPACE, "thresholds": {"sstable_count": 4}, "compact": True, "dry_run": False}
+    state, tasks, xcom = run_dag("covidflow_cassandra_maintenance", conf)
+    assert (state, tasks) == ("success", {"inspect": "success", "compact": "success", "check": "success"})
+    report = xcom("check", "report")
+    assert report["compaction"]["sstables_before"][HOST]["vintages_by_source"] == 6
+    assert report["compaction"]["sstables_after"][HOST]["vintages_by_source"] == 1
+    assert report["status"] == "ok"
+    rows = cassandra.execute(f"SELECT count(*) FROM {KEYSPACE}.vintages_by_source").one()[0]
+    assert rows == 18  # 6 batches x 3 sources, nothing lost by the compaction
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Elasticsearch
+# ---------------------------------------------------------------------------------------------------------------
+
+PREFIX = f"mt-{RUN}"
+
+
+@pytest.fixture(scope="module")
+def es():
+    from elasticsearch import Elasticsearch
+
+    client = Elasticsearch(settings.ELASTICSEARCH_URL, request_timeout=60)
+    try:
+        client.cluster.health(wait_for_status="yellow", timeout="10s")
+    except Exception as exc:  # any transport error means the stack is not up
+        pytest.fail(f"Elasticsearch unreachable at {settings.ELASTICSEARCH_URL}: {exc}; run `covidflow stack up`")
+    yield client
+    leftovers = sorted(client.indices.get(index=f"{PREFIX}-*", expand_wildcards="all"))
+    if leftovers:  # destructive_requires_name: no wildcard deletes
+        client.indices.delete(index=leftovers)
+    for suffix in ("roll", "rx", "rb"):
+        client.options(ignore_status=404).indices.delete_index_template(name=f"{PREFIX}-{suffix}")
+    client.close()
+
+
+def doc(n: int, ingested: str = "2024-06-01T00:00:00Z", value: float | None = None) -> dict[str, Any]:
+    """A small document valid under both the old and the new mapping."""
+    value = float(n if value is None else value)
+    return {"record_id": f"r{n:06d}", "source_id": "mt", "date": "2024-01-01", "value": value, "ingested_at": ingested}
+
+
+def bulk(es: Any, index: str, docs: list[dict[str, Any]]) -> None:
+    from elasticsearch import helpers
+
+    helpers.bulk(es, ({"_index": index, "_id": d["record_id"], "_source": d} for d in docs), refresh=True)
+
+
+def aliases_of(es: Any, alias: str) -> dict[str, bool]:
+    return {i: bool(b["aliases"][alias].get("is_write_index")) for i, b in es.indices.get_alias(name=alias).items()}
+
+
+def test_rollover_creates_the_next_index_and_search_spans_both(es) -> None:
+    from covidflow.index import maintenance as m
+
+    alias = f"{PREFIX}-roll"
+    m.put_template(es, alias)
+    assert m.ensure_alias(es, alias) == f"{alias}-000001"
+    bulk(es, alias, [doc(n) for n in range(10)])
+
+    state, tasks, xcom = run_dag("covidflow_es_rollover", {"alias": alias, "conditions": {"max_docs": 5}})
+    assert (state, tasks) == ("success", {"verify_template": "success", "rollover": "success", "retention": "success"})
+    result = xcom("rollover")
+    assert (result["old_index"], result["new_index"], result["rolled_over"]) == (
+        f"{alias}-000001", f"{alias}-000002", True)  # fmt: skip
+    assert result["conditions"]["[max_docs: 5]"] is True
+    assert aliases_of(es, alias) == {f"{alias}-000001": False, f"{alias}-000002": True}
+    assert xcom("retention") == {"expired": [], "applied": [], "action": "close", "days": 730}
+
+    bulk(es, alias, [doc(n) for n in range(10, 14)])  # lands in the new write index
+    assert es.count(index=f"{alias}-000001")["count"] == 10
+    assert es.count(index=f"{alias}-000002")["count"] == 4
+    assert es.count(index=alias)["count"] == 14
+    hits = es.search(index=alias, query={"terms": {"record_id": ["r000003", "r000012"]}})["hits"]["hits"]
+    assert sorted((h["_index"], h["_id"]) for h in hits) == [
+        (f"{alias}-000001", "r000003"),
+        (f"{alias}-000002", "r000012"),
+    ]
+    assert es.search(index=alias, query={"range": {"value": {"gte": 8}}}, size=0)["hits"]["total"]["value"] == 6
+
+    # Run again: the fresh write index meets no condition; retention (0 days, applied) closes -000001.
+    conf = {"alias": alias, "conditions": {"max_docs": 5}, "retention_days": 0, "apply_retention": True}
+    state, tasks, xcom = run_dag("covidflow_es_rollover", conf)
+    assert state == "success", tasks
+    assert xcom("rollover")["rolled_over"] is False
+    assert xcom("retention") == {"expired": [f"{alias}-000001"], "applied": [f"{alias}-000001"], "action": "close",
+                                 "days": 0}  # fmt: skip
+    assert aliases_of(es, alias) == {f"{alias}-000002": True}
+    assert es.cat.indices(index=f"{alias}-000001", h="status", expand_wildcards="all").strip() == "close"
+    assert es.count(index=alias)["count"] == 4
+
+
+def test_reindex_to_a_new_mapping_version_under_concurrent_writes_loses_nothing(es) -> None:
+    import threading
+
+    alias = f"{PREFIX}-rx"
+    old = f"{alias}-000001"
+    # Mapping "v0": what an older schema produced (location_name keyword-only, no template).
+    keyword, date = {"type": "keyword"}, {"type": "date"}
+    v0 = {"dynamic": "strict", "properties": {
+        "record_id": keyword, "source_id": keyword, "date": date, "value": {"type": "double"}, "ingested_at": date,
+        "location_name": keyword}}  # fmt: skip
+    es.indices.create(index=old, mappings=v0, aliases={alias: {"is_write_index": True}})
+    bulk(es, alias, [doc(n) for n in range(3000)])
+
+    written: dict[str, float] = {}
+    stop = threading.Event()
+
+    def writer() -> None:
+        """New records and newer versions of old ones, through the alias, for the whole DAG run."""
+        n = 0
+        while not stop.is_set():
+            new = doc(100000 + n)
+            update = doc(n, ingested="2024-07-01T00:00:00Z", value=-n)  # a newer vintage of r00000n
+            for d in (new, update):
+                es.index(index=alias, id=d["record_id"], document=d)
+                written[d["record_id"]] = d["value"]
+            n += 1
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        state, tasks, xcom = run_dag("covidflow_es_reindex", {"alias": alias})
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    target = f"{alias}-v1-000001"
+    assert state == "success", tasks
+    assert xcom("copy")["path"] == "client"  # the minimal distribution has no reindex module
+    assert xcom("verify")["target_count"] >= 3000
+    assert aliases_of(es, alias) == {target: True}
+
+    es.indices.refresh(index=alias)
+    updates = {k for k in written if int(k[1:]) < 100000}
+    assert len(updates) > 10 and len(written) - len(updates) > 10, "the writer did not overlap the reindex"
+    expected = 3000 + len(written) - len(updates)
+    assert es.count(index=alias)["count"] == expected
+    assert es.count(index=target)["count"] == expected
+    # Every concurrently written version survived (newer wins over the copy of the old one).
+    got = {d["_id"]: d["_source"]["value"] for d in es.mget(index=alias, ids=sorted(written))["docs"]}
+    assert got == written
+    meta = es.indices.get_mapping(index=old)[old]["mappings"]["_meta"]
+    assert meta["replaced_by"] == target
+
+    # Second run: nothing to do; with no grace period the retired index is removed.
+    state, tasks, xcom = run_dag("covidflow_es_reindex", {"alias": alias, "grace_period_hours": 0})
+    assert state == "success", tasks
+    assert xcom("cleanup") == [old]
+    assert xcom("plan")["sources"] == []
+    assert not es.indices.exists(index=old)
+    assert es.count(index=alias)["count"] == expected
+
+
+def test_rebuild_from_cassandra_reproduces_the_count(cassandra, es) -> None:
+    from cassandra.concurrent import execute_concurrent_with_args
+
+    rows = 2500
+    insert = cassandra.prepare(
+        f"INSERT INTO {KEYSPACE}.observations_latest (record_id, schema_version, source_id, location_key, "
+        "location_level, location_name, date, period, period_start, metric, metric_kind, unit, value, sex, "
+        "age_group, variant, upstream, vintage, vintage_basis, source_object_key, source_row, ingested_at) "
+        "VALUES (?, 1, 'mt', ?, 'country', ?, ?, 'day', ?, 'cases', 'daily_flow', 'people', ?, 'all', 'all', "
+        "'all', '-', ?, 'file_name', 'k', ?, ?)"
+    )
+    now = datetime(2024, 6, 1, tzinfo=UTC)
+    args = []
+    for n in range(rows):
+        day = (datetime(2023, 1, 1) + timedelta(days=n % 500)).date()
+        args.append((f"id{n:05d}", f"L{n // 500}", f"Place {n // 500}", day, day, float(n), now, n + 1, now))
+    results = execute_concurrent_with_args(cassandra, insert, args, concurrency=50)
+    assert all(ok for ok, _ in results)
+
+    alias = f"{PREFIX}-rb"
+    for attempt in (1, 2):  # the second run overwrites by _id: same count
+        state, tasks, xcom = run_dag("covidflow_es_rebuild", {"alias": alias, "keyspace": KEYSPACE})
+        assert (state, tasks) == ("success", {"prepare": "success", "rebuild": "success"}), attempt
+        assert xcom("rebuild") == {"keyspace": KEYSPACE, "table": "observations_latest", "alias": alias,
+                                   "rows": rows, "documents": rows}  # fmt: skip
+    assert es.count(index=alias)["count"] == rows
+    got = es.get(index=alias, id="id00042")["_source"]
+    assert (got["location_key"], got["date"], got["value"], got["vintage"]) == (
+        "L0", "2023-02-12", 42.0, "2024-06-01T00:00:00Z")  # fmt: skip
