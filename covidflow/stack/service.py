@@ -7,6 +7,7 @@ rest the same way for every service: pid files, logs, port checks, health waits 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -85,6 +86,17 @@ def http_get(url: str, timeout: float = 3.0) -> tuple[int, str]:
         return exc.code, exc.read().decode("utf-8", "replace")
     except OSError as exc:
         return 0, str(exc)
+
+
+def http_json(url: str, timeout: float = 3.0) -> dict | None:
+    """The JSON document at ``url``, or None when nothing (or no JSON) answered: for health checks."""
+    status, body = http_get(url, timeout=timeout)
+    if status != 200:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
 
 
 # --- Java ---------------------------------------------------------------------------------------

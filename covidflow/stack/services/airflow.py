@@ -18,7 +18,7 @@ from covidflow import settings
 from covidflow.stack.connections import airflow_conn_env
 from covidflow.stack.credentials import local_secret
 from covidflow.stack.home import StackHome
-from covidflow.stack.service import HOST, ProcessSpec, Service, http_get
+from covidflow.stack.service import HOST, ProcessSpec, Service, http_json
 
 ADMIN_USER = "admin"
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
@@ -98,13 +98,7 @@ def airflow_env(home: StackHome) -> dict[str, str]:
 
 def health(timeout: float = 3.0) -> dict | None:
     """The API server's health document, or None when it does not answer."""
-    status, body = http_get(f"{settings.AIRFLOW_URL}/api/v2/monitor/health", timeout=timeout)
-    if status != 200:
-        return None
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
+    return http_json(f"{settings.AIRFLOW_URL}/api/v2/monitor/health", timeout=timeout)
 
 
 class AirflowService(Service):

@@ -7,14 +7,13 @@ pyspark already has, and handed to jobs through ``--jars`` (see ``kafka_connecto
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from covidflow import settings
 from covidflow.stack.fetch import MavenCoord, maven_classpath
 from covidflow.stack.home import StackHome
-from covidflow.stack.service import HOST, ProcessSpec, Service, http_get, java_home
+from covidflow.stack.service import HOST, ProcessSpec, Service, http_json, java_home
 
 #: Shipped in pyspark/jars already; a second copy on the classpath only causes version clashes.
 _PROVIDED_BY_PYSPARK = (
@@ -80,13 +79,7 @@ def spark_env(home: StackHome) -> dict[str, str]:
 
 def master_status(timeout: float = 3.0) -> dict | None:
     """The master's JSON status page, or None when it does not answer."""
-    status, body = http_get(f"http://{HOST}:{settings.SPARK_MASTER_UI_PORT}/json/", timeout=timeout)
-    if status != 200:
-        return None
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
+    return http_json(f"http://{HOST}:{settings.SPARK_MASTER_UI_PORT}/json/", timeout=timeout)
 
 
 class SparkService(Service):
