@@ -1,0 +1,190 @@
+"""Build one ingest DAG per source spec: sense -> select new objects -> publish each (mapped) to Kafka.
+
+Imported by dags/covidflow_ingest.py at parse time, so it imports only what DAG structure needs; hooks,
+readers and Kafka clients are imported inside the tasks. A spec that does not load does not stop the others:
+its problems are gathered in one placeholder DAG whose validation fails, which Airflow's DagBag records as
+one import error for the factory file naming every broken spec file, while the good DAGs are still bagged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, Asset, Param, get_current_context, task
+
+from covidflow import settings
+from covidflow.catalog.specs import SOURCES_DIR, SourceSpec, SpecError, load_spec, spec_paths
+from covidflow.publish.callbacks import log_failure, log_retry
+from covidflow.publish.config import ingest_config
+from covidflow.publish.envelope import RAW_TOPIC
+
+DAG_PREFIX = "ingest_"
+BROKEN_DAG_ID = "ingest__broken_specs"
+
+
+class BrokenSpecs(ValueError):
+    """One or more source specs did not load; the message names each file, line and field."""
+
+
+class BrokenSpecsDAG(DAG):
+    """Placeholder whose validation fails, so the DagBag reports the broken specs as this file's import error."""
+
+    def validate(self) -> None:
+        raise BrokenSpecs(self.doc_md or "broken source specs")
+
+
+def source_asset(source_id: str) -> Asset:
+    """The Asset updated when a source's raw records are published; downstream DAGs schedule on it."""
+    return Asset(
+        name=f"{RAW_TOPIC}.{source_id}",
+        uri=f"x-covidflow://{RAW_TOPIC}/{source_id}",
+        group="covidflow-raw",
+        extra={"topic": RAW_TOPIC, "source_id": source_id},
+    )
+
+
+def sensor_key(prefix: str, patterns: list[str]) -> str:
+    """The S3KeySensor wildcard: exact for one pattern; for several, any object under the prefix (the select
+    task applies the patterns precisely) since a list of keys would make the sensor wait for all of them."""
+    return f"{prefix}{patterns[0]}" if len(patterns) == 1 else f"{prefix}*"
+
+
+def doc_md(spec: SourceSpec) -> str:
+    d = spec.data
+    landing = d["landing"]
+    patterns = ", ".join(f"`{p}`" for p in landing["patterns"])
+    return f"""
+### {d["title"]}
+
+| | |
+|---|---|
+| source | `{spec.id}` |
+| publisher | {d["publisher"]} |
+| licence | {d["licence"]} |
+| link | <{d["home_page"]}> |
+| landing | `s3://<bucket>/{landing["prefix"]}` matching {patterns} |
+| format | `{d["format"]}` |
+| spec | `include/sources/{spec.path.name}` |
+
+Each run: `wait_for_objects` (deferrable S3KeySensor) -> `select_new_objects` (objects whose key + etag are not in
+the manifest) -> `publish` (one mapped task per object: records to `{RAW_TOPIC}`, rejects to the dead-letter
+topic, then the object is marked in the manifest). Nothing new -> `publish` is skipped. Trigger with
+`{{"bucket": "..."}}` to ingest from another bucket. See docs/ingestion.md.
+"""
+
+
+def build_ingest_dag(spec: SourceSpec, config: dict[str, Any] | None = None) -> DAG:
+    """The ingest DAG of one source."""
+    config = config or ingest_config()
+    dag_cfg, sensor_cfg = config["dag"], config["sensor"]
+    source_id = spec.id
+    landing = spec.data["landing"]
+    asset = source_asset(source_id)
+    default_args = {
+        "owner": dag_cfg["owner"],
+        "retries": int(dag_cfg["retries"]),
+        "retry_delay": timedelta(seconds=dag_cfg["retry_delay_seconds"]),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(seconds=dag_cfg["max_retry_delay_seconds"]),
+        "on_failure_callback": log_failure,
+        "on_retry_callback": log_retry,
+    }
+    with DAG(
+        dag_id=f"{DAG_PREFIX}{source_id}",
+        schedule=dag_cfg["schedule"],
+        start_date=datetime.fromisoformat(str(dag_cfg["start_date"])),
+        catchup=False,
+        max_active_runs=int(dag_cfg["max_active_runs"]),
+        dagrun_timeout=timedelta(minutes=dag_cfg["dagrun_timeout_minutes"]),
+        tags=[
+            "covidflow",
+            "ingest",
+            f"source:{source_id}",
+            f"publisher:{_short(spec.data['publisher'])}",
+            f"format:{spec.data['format']}",
+        ],
+        doc_md=doc_md(spec),
+        default_args=default_args,
+        on_failure_callback=log_failure,
+        params={"bucket": Param(settings.LANDING_BUCKET, type="string", description="Landing bucket to read")},
+    ) as dag:
+        from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
+
+        wait = S3KeySensor(
+            task_id="wait_for_objects",
+            aws_conn_id=settings.CONN_S3,
+            bucket_name="{{ params.bucket }}",
+            bucket_key=sensor_key(landing["prefix"], list(landing["patterns"])),
+            wildcard_match=True,
+            deferrable=True,
+            poke_interval=float(sensor_cfg["poke_interval_seconds"]),
+            timeout=float(sensor_cfg["timeout_seconds"]),
+            soft_fail=True,  # nothing landed this interval: the run is skipped, not failed
+        )
+
+        @task(task_id="select_new_objects")
+        def select(source: str) -> list[dict[str, Any]]:
+            from covidflow.publish.ingest import select_new_objects
+
+            return select_new_objects(source, get_current_context()["params"]["bucket"])
+
+        @task(task_id="publish", outlets=[asset], max_active_tis_per_dag=1)
+        def publish(obj: dict[str, Any], source: str) -> dict[str, Any]:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from covidflow.publish.ingest import publish_object
+
+            context = get_current_context()
+            summary = publish_object(source, obj)
+            context["outlet_events"][source_asset(source)].extra = {
+                "object": summary["object"],
+                "etag": summary["etag"],
+                "records_out": summary["records_out"],
+                "rejects": summary["rejects"],
+            }
+            if summary["reader_error"]:
+                context["ti"].xcom_push(key="summary", value=summary)
+                raise AirflowFailException(
+                    f"{summary['object']} is unreadable ({summary['reader_error']}); "
+                    f"{summary['records_out']} records before the error and a dead letter were published and the "
+                    "object is marked done: fix the file and re-upload it (new etag)."
+                )
+            return summary
+
+        selected = select(source_id)
+        wait >> selected
+        publish.partial(source=source_id).expand(obj=selected)
+    return dag
+
+
+def _short(text: str) -> str:
+    """A tag-sized publisher name: the part before any parenthesis or comma."""
+    return text.split("(")[0].split(",")[0].strip()[:40]
+
+
+def build_all(directory: Path = SOURCES_DIR, paths: Iterable[Path] | None = None) -> dict[str, DAG]:
+    """dag_id -> DAG for every loadable spec; broken specs go into one failing placeholder DAG."""
+    config = ingest_config()
+    dags: dict[str, DAG] = {}
+    problems: list[str] = []
+    for path in paths if paths is not None else spec_paths(directory):
+        try:
+            spec = load_spec(path)
+        except SpecError as exc:
+            problems.append(f"source spec {path} is broken; its DAG {DAG_PREFIX}{path.stem} is not loaded:\n{exc}")
+            continue
+        dag = build_ingest_dag(spec, config)
+        dags[dag.dag_id] = dag
+    if problems:
+        broken = BrokenSpecsDAG(
+            dag_id=BROKEN_DAG_ID,
+            schedule=None,
+            start_date=datetime(2024, 1, 1),
+            tags=["covidflow", "ingest", "broken"],
+            doc_md="\n\n".join(problems),
+        )
+        dags[broken.dag_id] = broken
+    return dags

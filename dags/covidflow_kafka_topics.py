@@ -1,0 +1,47 @@
+"""Kafka topics of the project (include/config/topics.yaml), created or converged by one idempotent task."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import dag, task
+
+from covidflow import settings
+from covidflow.publish.callbacks import log_failure
+
+DOC = """
+### covidflow Kafka topics
+
+Creates `covid.raw.v1` and `covid.deadletter.v1` (and any topic added to `include/config/topics.yaml`) with
+explicit partitions, replication, retention and cleanup policy, through the `covidflow_kafka` connection.
+Idempotent: existing topics get missing partitions and drifted configs fixed, nothing else. The broker's
+auto-creation is never relied on. Run it once after `covidflow stack up`, and after editing the config.
+"""
+
+
+@dag(
+    dag_id="covidflow_kafka_topics",
+    schedule=None,
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["covidflow", "kafka", "setup"],
+    doc_md=DOC,
+    default_args={"owner": "covidflow-ingest", "retries": 2, "retry_delay": timedelta(seconds=30)},
+    on_failure_callback=log_failure,
+)
+def covidflow_kafka_topics() -> None:
+    @task
+    def ensure_topics() -> dict[str, str]:
+        from airflow.providers.apache.kafka.hooks.client import KafkaAdminClientHook
+
+        from covidflow.publish.config import topics_config
+        from covidflow.publish.topics import ensure_topics as ensure
+
+        admin = KafkaAdminClientHook(kafka_config_id=settings.CONN_KAFKA).get_conn
+        return ensure(admin, topics_config())
+
+    ensure_topics()
+
+
+covidflow_kafka_topics()

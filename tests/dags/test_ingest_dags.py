@@ -1,0 +1,96 @@
+"""The ingest DAG factory through Airflow's own DagBag: one DAG per spec, the right steps, broken specs isolated."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import covidflow
+
+os.environ.setdefault("AIRFLOW_HOME", os.path.join(tempfile.gettempdir(), "covidflow-test-airflow-home"))
+
+DAGS_FOLDER = covidflow.PROJECT_ROOT / "dags"
+SOURCES = covidflow.PROJECT_ROOT / "include" / "sources"
+SPEC_IDS = sorted(p.stem for p in SOURCES.glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS_FOLDER))
+
+
+def test_no_import_errors(dagbag) -> None:
+    assert dagbag.import_errors == {}
+
+
+def test_exactly_one_ingest_dag_per_spec(dagbag) -> None:
+    assert len(SPEC_IDS) == 10
+    assert sorted(d for d in dagbag.dag_ids if d.startswith("ingest_")) == [f"ingest_{s}" for s in SPEC_IDS]
+
+
+@pytest.mark.parametrize("source_id", SPEC_IDS)
+def test_ingest_dag_shape(dagbag, source_id: str) -> None:
+    import yaml
+    from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
+
+    spec = yaml.safe_load((SOURCES / f"{source_id}.yaml").read_text(encoding="utf-8"))
+    dag = dagbag.dags[f"ingest_{source_id}"]
+    assert [t.task_id for t in dag.topological_sort()] == ["wait_for_objects", "select_new_objects", "publish"]
+    sensor = dag.get_task("wait_for_objects")
+    assert isinstance(sensor, S3KeySensor)
+    assert sensor.deferrable and sensor.wildcard_match and sensor.soft_fail
+    assert sensor.aws_conn_id == "covidflow_s3"
+    assert sensor.bucket_name == "{{ params.bucket }}"
+    patterns = spec["landing"]["patterns"]
+    assert sensor.bucket_key == spec["landing"]["prefix"] + (patterns[0] if len(patterns) == 1 else "*")
+    publish = dag.get_task("publish")
+    assert publish.upstream_task_ids == {"select_new_objects"}
+    assert [a.name for a in publish.outlets] == [f"covid.raw.v1.{source_id}"]
+    assert {"covidflow", "ingest", f"source:{source_id}", f"format:{spec['format']}"} <= set(dag.tags)
+    assert any(t.startswith("publisher:") for t in dag.tags)
+    for text in (spec["title"], spec["publisher"], spec["licence"], spec["home_page"], spec["landing"]["prefix"]):
+        assert text in dag.doc_md
+    assert dag.max_active_runs == 1 and dag.catchup is False
+    assert dag.default_args["owner"] == "covidflow-ingest"
+    assert dag.default_args["retries"] == 3 and dag.default_args["retry_exponential_backoff"] == 2.0
+    assert dag.on_failure_callback and dag.default_args["on_failure_callback"].__name__ == "log_failure"
+    assert dag.params["bucket"] == "covidflow-landing"
+
+
+def test_kafka_topics_dag(dagbag) -> None:
+    dag = dagbag.dags["covidflow_kafka_topics"]
+    assert [t.task_id for t in dag.tasks] == ["ensure_topics"]
+
+
+def test_a_broken_spec_is_one_import_error_naming_it_and_the_others_load(tmp_path: Path) -> None:
+    """Factory + specs copied to a temp folder, two specs broken: one import error names both, the 8 others load."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    specs = tmp_path / "sources"
+    shutil.copytree(SOURCES, specs)
+    broken = specs / "spf_vacsi.yaml"
+    broken.write_text(broken.read_text(encoding="utf-8").replace("format: csv", "format: cvs"), encoding="utf-8")
+    unparsable = specs / "who_covid19_global_weekly.yaml"
+    unparsable.write_text("id: who_covid19_global_weekly\ntitle: [unclosed\n", encoding="utf-8")
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "covidflow_ingest.py").write_text(
+        "# airflow dag\nfrom pathlib import Path\nfrom covidflow.publish.dag_factory import build_all\n"
+        f"globals().update(build_all(Path({str(specs)!r})))\n"
+    )
+    bag = DagBag(dag_folder=str(dags))
+    assert list(bag.import_errors) == [str(dags / "covidflow_ingest.py")]
+    error = bag.import_errors[str(dags / "covidflow_ingest.py")]
+    assert f"source spec {broken} is broken; its DAG ingest_spf_vacsi is not loaded" in error
+    assert f"{broken}:7: format: unknown format 'cvs'" in error
+    assert f"source spec {unparsable} is broken; its DAG ingest_who_covid19_global_weekly is not loaded" in error
+    assert f"{unparsable}:3: (top): YAML syntax" in error
+    assert sorted(bag.dag_ids) == [
+        f"ingest_{s}" for s in SPEC_IDS if s not in ("spf_vacsi", "who_covid19_global_weekly")
+    ]

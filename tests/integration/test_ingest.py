@@ -1,0 +1,322 @@
+"""Ingest DAGs on the real stack: S3 (s3proxy) -> dag.test() -> Kafka, read back from the topics.
+
+Each test lands a real sample file in its own bucket (the DAG's ``bucket`` param), so runs never see each
+other's objects or manifests, and reads the shared topics from the offsets captured before the run, keeping
+only messages of its bucket. The DAG runs in a subprocess with its own AIRFLOW_HOME (SQLite) and the
+connections from covidflow.stack.connections. Unreachable services are failures, not skips.
+
+Needs: ``covidflow stack up s3 kafka``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+import covidflow
+from covidflow import settings
+from covidflow.publish.config import CONFIG_DIR, topics_config
+from covidflow.publish.envelope import DEADLETTER_TOPIC, RAW_TOPIC
+from covidflow.publish.topics import ensure_topics
+from covidflow.stack.connections import airflow_conn_env
+from covidflow.stack.home import StackHome
+
+pytestmark = pytest.mark.integration
+
+ROOT = covidflow.PROJECT_ROOT
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+SAMPLE = ROOT / "include" / "samples" / "spf_vacsi" / "vacsi-dep.csv"
+SOURCE = "spf_vacsi"
+PREFIX = "spf/vacsi/"
+KEY = PREFIX + "vacsi-dep.csv"
+
+RUN_DAG = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+from airflow.utils.session import create_session
+from sqlalchemy import func, select
+dag_id, conf = sys.argv[1], json.loads(sys.argv[2])
+bag = DagBag(dag_folder=sys.argv[3])
+assert not bag.import_errors, bag.import_errors
+dr = bag.dags[dag_id].test(run_conf=conf)
+from airflow.models.asset import AssetEvent, AssetModel
+with create_session() as session:
+    events = session.scalars(
+        select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+        .where(AssetModel.name == sys.argv[4], AssetEvent.source_run_id == dr.run_id)
+    ).all()
+    extras = [e.extra for e in events]
+print("RESULT " + json.dumps({"state": str(dr.state), "run_id": dr.run_id, "asset_events": extras}))
+"""
+
+
+# -- fixtures ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3() -> Any:
+    from covidflow.stack.services.s3 import s3_client
+
+    client = s3_client(retries=1, timeout=5)
+    try:
+        client.list_buckets()
+    except Exception as exc:
+        pytest.fail(f"S3 is not reachable at {settings.S3_ENDPOINT} ({exc}); run `covidflow stack up s3`")
+    return client
+
+
+@pytest.fixture(scope="module")
+def kafka_topics() -> None:
+    admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP, "log_level": 0})
+    try:
+        admin.list_topics(timeout=10)
+    except KafkaException as exc:
+        pytest.fail(f"Kafka is not reachable at {settings.KAFKA_BOOTSTRAP} ({exc}); run `covidflow stack up kafka`")
+    ensure_topics(admin, topics_config())
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A private Airflow (SQLite) reading the repository's dags/, with the stack's connections."""
+    home = tmp_path_factory.mktemp("airflow-home")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "COVIDFLOW_INGEST_CONFIG"))},
+        **airflow_conn_env(StackHome.from_env()),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+    }
+    done = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return env
+
+
+@pytest.fixture()
+def bucket(s3: Any) -> Iterator[str]:
+    name = f"it-ingest-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    yield name
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+        for item in page.get("Contents", []):
+            s3.delete_object(Bucket=name, Key=item["Key"])
+    s3.delete_bucket(Bucket=name)
+
+
+# -- helpers ----------------------------------------------------------------------------------------------------
+
+
+def dag_command(bucket: str) -> list[str]:
+    return [
+        PYTHON,
+        "-c",
+        RUN_DAG,
+        f"ingest_{SOURCE}",
+        json.dumps({"bucket": bucket}),
+        str(ROOT / "dags"),
+        f"{RAW_TOPIC}.{SOURCE}",
+    ]
+
+
+def run_dag(env: dict[str, str], bucket: str) -> tuple[dict[str, Any], str]:
+    done = subprocess.run(dag_command(bucket), env=env, capture_output=True, text=True, timeout=600)
+    return _result(done.stdout + done.stderr), done.stdout + done.stderr
+
+
+def _result(output: str) -> dict[str, Any]:
+    lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    assert lines, f"the DAG run printed no result:\n{output[-5000:]}"
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def end_offsets(topic: str) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": settings.KAFKA_BOOTSTRAP, "group.id": "it-ingest-offsets"})
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions}
+    finally:
+        consumer.close()
+
+
+def consume_since(topic: str, start: dict[int, int], bucket: str) -> list[dict[str, Any]]:
+    """Committed messages of ``bucket``'s objects written after ``start`` (read_committed, up to the end)."""
+    end = end_offsets(topic)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.KAFKA_BOOTSTRAP,
+            "group.id": f"it-ingest-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    todo = {p: (start.get(p, 0), hi) for p, hi in end.items() if hi > start.get(p, 0)}
+    out: list[dict[str, Any]] = []
+    try:
+        consumer.assign([TopicPartition(topic, p, lo) for p, (lo, _) in todo.items()])
+        deadline = time.monotonic() + 60
+        while todo and time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is None:
+                # Transaction markers take offsets too: stop a partition once its position reaches the end.
+                for tp in consumer.position([TopicPartition(topic, p) for p in list(todo)]):
+                    if tp.offset >= todo[tp.partition][1]:
+                        del todo[tp.partition]
+                continue
+            if msg.error():
+                raise KafkaException(msg.error())
+            if msg.offset() >= todo.get(msg.partition(), (0, 0))[1] - 1:
+                todo.pop(msg.partition(), None)
+            value = json.loads(msg.value())
+            if value["object"]["bucket"] == bucket:
+                out.append({"key": msg.key(), "value": value, "headers": dict(msg.headers() or [])})
+    finally:
+        consumer.close()
+    assert not todo, f"did not reach the end offsets of {topic}: {todo}"
+    return out
+
+
+def csv_rows(data: bytes, delimiter: str = ";") -> list[list[str]]:
+    """The file's data rows, counted independently of our readers."""
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline=""), delimiter=delimiter))
+    return [row for row in rows[1:] if row]
+
+
+def etag(s3: Any, bucket: str, key: str) -> str:
+    return s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+
+
+# -- tests ------------------------------------------------------------------------------------------------------
+
+
+def test_publish_once_then_nothing_then_only_the_corrected_vintage(s3, kafka_topics, airflow_env, bucket) -> None:
+    data = SAMPLE.read_bytes()
+    rows = csv_rows(data)
+    assert len(rows) == 2133
+    s3.put_object(Bucket=bucket, Key=KEY, Body=data)
+    s3.put_object(Bucket=bucket, Key=PREFIX + "notes.txt", Body=b"not a source file")  # not matching the pattern
+    first_etag = etag(s3, bucket, KEY)
+
+    # 1st run: every record of the file, once, with its provenance.
+    start = end_offsets(RAW_TOPIC)
+    result, output = run_dag(airflow_env, bucket)
+    assert result["state"] == "success", output[-5000:]
+    messages = consume_since(RAW_TOPIC, start, bucket)
+    assert len(messages) == len(rows)
+    assert sorted(m["value"]["record_index"] for m in messages) == list(range(1, len(rows) + 1))
+    by_index = {m["value"]["record_index"]: m for m in messages}
+    first = by_index[1]
+    assert first["value"]["fields"] == dict(zip(["dep", "jour", "n_dose1", "n_cum_dose1"], rows[0], strict=True))
+    assert first["key"] == f"{SOURCE}|{rows[0][0]}|{rows[0][1]}".encode()
+    headers = first["headers"]
+    assert headers["source_id"] == SOURCE.encode()
+    assert headers["object_key"] == KEY.encode()
+    assert headers["etag"] == first_etag.encode()
+    assert headers["record_index"] == b"1"
+    assert headers["schema_version"] == first["value"]["schema_version"].encode()
+    assert len(headers["schema_version"]) == 12
+    assert headers["landed_at"] == first["value"]["landed_at"].encode() != b""
+    assert headers["vintage"] == headers["landed_at"]  # spf_vacsi: vintage from landed_at (the LastModified)
+    assert {m["headers"]["etag"] for m in messages} == {first_etag.encode()}
+    assert f"published s3://{bucket}/{KEY} etag={first_etag}" in output
+    assert f"records_out={len(rows)} rejects=0" in output
+    assert [e["records_out"] for e in result["asset_events"]] == [len(rows)]
+    markers = s3.list_objects_v2(Bucket=bucket, Prefix="_manifest/")["Contents"]
+    assert [m["Key"] for m in markers] == [f"_manifest/{SOURCE}/spf%2Fvacsi%2Fvacsi-dep.csv/{first_etag}.json"]
+
+    # 2nd run, after re-uploading the identical file: same etag, nothing published, no asset event.
+    s3.put_object(Bucket=bucket, Key=KEY, Body=data)
+    assert etag(s3, bucket, KEY) == first_etag
+    start = end_offsets(RAW_TOPIC)
+    result, output = run_dag(airflow_env, bucket)
+    assert result["state"] == "success", output[-5000:]
+    assert consume_since(RAW_TOPIC, start, bucket) == []
+    assert result["asset_events"] == []
+    assert "2 object(s) listed, 1 already published, 0 new" in output  # notes.txt is listed, not selected
+
+    # 3rd run, after a correction: one value changed and a malformed row added -> a new etag, only that vintage.
+    lines = data.decode().splitlines(keepends=True)
+    lines[1] = lines[1].replace(";1;1", ";2;2", 1)
+    lines.insert(5, "01;2021-01-10;1;2;3;4\n")  # six fields under a four-column header: a reader reject
+    corrected = "".join(lines).encode()
+    s3.put_object(Bucket=bucket, Key=KEY, Body=corrected)
+    second_etag = etag(s3, bucket, KEY)
+    assert second_etag != first_etag
+    start, dl_start = end_offsets(RAW_TOPIC), end_offsets(DEADLETTER_TOPIC)
+    result, output = run_dag(airflow_env, bucket)
+    assert result["state"] == "success", output[-5000:]
+    messages = consume_since(RAW_TOPIC, start, bucket)
+    assert len(messages) == len(rows)  # the malformed row is not a record
+    assert {m["headers"]["etag"] for m in messages} == {second_etag.encode()}
+    assert min(messages, key=lambda m: m["value"]["record_index"])["value"]["fields"]["n_dose1"] == "2"
+    assert messages[0]["value"]["vintage"] > first["value"]["vintage"]
+    letters = consume_since(DEADLETTER_TOPIC, dl_start, bucket)
+    assert len(letters) == 1
+    letter = letters[0]["value"]
+    assert (letter["stage"], letter["source_id"], letter["object"]["etag"]) == ("publish", SOURCE, second_etag)
+    assert letter["line"] == 6 and KEY in letter["reason"]
+    assert f"records_out={len(rows)} rejects=1" in output
+    assert [e["records_out"] for e in result["asset_events"]] == [len(rows)]
+
+
+def test_kafka_outage_fails_clearly_then_the_retry_publishes_exactly_once(
+    s3, kafka_topics, airflow_env, bucket, tmp_path: Path
+) -> None:
+    from covidflow.stack.runner import Runner
+    from covidflow.stack.services.kafka import KafkaService
+
+    data = SAMPLE.read_bytes()
+    rows = csv_rows(data)
+    s3.put_object(Bucket=bucket, Key=KEY, Body=data)
+    # Short timeouts and retries for the test: the same config file, overridden as data.
+    config = yaml.safe_load((CONFIG_DIR / "ingest.yaml").read_text())
+    config["dag"].update(retries=6, retry_delay_seconds=5, max_retry_delay_seconds=10)
+    config["producer"]["message.timeout.ms"] = 10000
+    config["transactions"].update(init_timeout_seconds=10, commit_timeout_seconds=20)
+    config_path = tmp_path / "ingest.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    env = {**airflow_env, "COVIDFLOW_INGEST_CONFIG": str(config_path)}
+
+    start = end_offsets(RAW_TOPIC)
+    runner = Runner([KafkaService()])
+    runner.down()
+    proc = subprocess.Popen(dag_command(bucket), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output: list[str] = []
+    restarted = False
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            if not restarted and "Kafka unreachable for" in line:
+                runner.up()  # the first attempt failed clearly: bring the broker back before the retries run out
+                restarted = True
+        proc.wait(timeout=600)
+    finally:
+        if not restarted:
+            runner.up()
+        if proc.poll() is None:
+            proc.kill()
+    text = "".join(output)
+    assert restarted, f"the publish never reported Kafka unreachable:\n{text[-5000:]}"
+    assert f"DeliveryFailed: Kafka unreachable for s3://{bucket}/{KEY}" in text
+    assert "RETRY dag=ingest_spf_vacsi" in text and "task=publish[0]" in text  # the one-line failure summary
+    result = _result(text)
+    assert result["state"] == "success", text[-5000:]
+    messages = consume_since(RAW_TOPIC, start, bucket)
+    assert len(messages) == len(rows)
+    assert sorted(m["value"]["record_index"] for m in messages) == list(range(1, len(rows) + 1))
