@@ -49,7 +49,10 @@ compose:  ## Install the pinned Docker Compose binary (validates docker-compose.
 unit: venv compose  ## Fast tests: pure functions and DAG integrity, no services.
 	$(PYTEST) -m "not integration and not e2e" tests
 
-integration: up  ## Tests on the real local stack (started if needed).
+browser:  ## Install Debian's Chromium for the dashboard's browser tests.
+	bash scripts/install-browser.sh
+
+integration: up browser  ## Tests on the real local stack (started if needed).
 	$(PYTEST) -m "integration or e2e" tests
 
 test: venv  ## Everything: lint, unit and DAG tests, then the stack and the integration tests.
@@ -60,4 +63,4 @@ test: venv  ## Everything: lint, unit and DAG tests, then the stack and the inte
 bench: venv  ## Benchmarks (see bench/README.md).
 	$(BIN)/python bench/read_throughput.py
 
-.PHONY: help venv lock compose up status down reset demo lint unit integration test bench
+.PHONY: help venv lock compose browser up status down reset demo lint unit integration test bench

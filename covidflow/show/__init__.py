@@ -1,0 +1,1 @@
+"""The covidflow dashboard: JSON API (api.py) and Elasticsearch query building (es_queries.py)."""
