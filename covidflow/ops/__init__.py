@@ -1,0 +1,1 @@
+"""Operations: freshness, quality findings, failure callbacks and input safety checks shared by every DAG."""
