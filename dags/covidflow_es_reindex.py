@@ -8,6 +8,7 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 
 from covidflow import settings
+from covidflow.ops.callbacks import on_failure, on_retry
 
 DOC = """
 ### covidflow Elasticsearch reindex (mapping version change)
@@ -37,7 +38,14 @@ Params: `alias`, `path` (`auto`/`server`/`client`), `grace_period_hours` (overri
     max_active_runs=1,
     tags=["covidflow", "maintenance", "elasticsearch"],
     doc_md=DOC,
-    default_args={"owner": "covidflow", "retries": 1, "retry_delay": timedelta(minutes=1)},
+    on_failure_callback=on_failure,
+    default_args={
+        "owner": "covidflow",
+        "on_failure_callback": on_failure,
+        "on_retry_callback": on_retry,
+        "retries": 1,
+        "retry_delay": timedelta(minutes=1),
+    },
     params={
         "alias": Param(None, type=["null", "string"], description="Write alias; default from maintenance.yaml"),
         "path": Param("auto", enum=["auto", "server", "client"], description="Copy path; auto detects the module"),

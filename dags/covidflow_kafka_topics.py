@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import dag, task
 
 from covidflow import settings
-from covidflow.publish.callbacks import log_failure
+from covidflow.ops.callbacks import on_failure
 
 DOC = """
 ### covidflow Kafka topics
@@ -28,7 +28,7 @@ auto-creation is never relied on. Run it once after `covidflow stack up`, and af
     tags=["covidflow", "kafka", "setup"],
     doc_md=DOC,
     default_args={"owner": "covidflow-ingest", "retries": 2, "retry_delay": timedelta(seconds=30)},
-    on_failure_callback=log_failure,
+    on_failure_callback=on_failure,
 )
 def covidflow_kafka_topics() -> None:
     @task

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import dag, task
 
 from covidflow import settings
+from covidflow.ops.callbacks import on_failure, on_retry
 
 DOC = """
 ### covidflow stack check
@@ -33,7 +34,14 @@ Triggered by `make demo`; run by hand with `airflow dags test covidflow_stack_ch
     catchup=False,
     tags=["covidflow", "stack"],
     doc_md=DOC,
-    default_args={"owner": "covidflow", "retries": 1, "retry_delay": timedelta(seconds=10)},
+    on_failure_callback=on_failure,
+    default_args={
+        "owner": "covidflow",
+        "on_failure_callback": on_failure,
+        "on_retry_callback": on_retry,
+        "retries": 1,
+        "retry_delay": timedelta(seconds=10),
+    },
 )
 def covidflow_stack_check() -> None:
     @task

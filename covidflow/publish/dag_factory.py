@@ -17,7 +17,7 @@ from airflow.sdk import DAG, Asset, Param, get_current_context, task
 
 from covidflow import settings
 from covidflow.catalog.specs import SOURCES_DIR, SourceSpec, SpecError, load_spec, spec_paths
-from covidflow.publish.callbacks import log_failure, log_retry
+from covidflow.ops.callbacks import on_failure, on_retry
 from covidflow.publish.config import ingest_config
 from covidflow.publish.envelope import RAW_TOPIC
 
@@ -89,8 +89,8 @@ def build_ingest_dag(spec: SourceSpec, config: dict[str, Any] | None = None) -> 
         "retry_delay": timedelta(seconds=dag_cfg["retry_delay_seconds"]),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(seconds=dag_cfg["max_retry_delay_seconds"]),
-        "on_failure_callback": log_failure,
-        "on_retry_callback": log_retry,
+        "on_failure_callback": on_failure,
+        "on_retry_callback": on_retry,
     }
     with DAG(
         dag_id=f"{DAG_PREFIX}{source_id}",
@@ -108,7 +108,7 @@ def build_ingest_dag(spec: SourceSpec, config: dict[str, Any] | None = None) -> 
         ],
         doc_md=doc_md(spec),
         default_args=default_args,
-        on_failure_callback=log_failure,
+        on_failure_callback=on_failure,
         params={"bucket": Param(settings.LANDING_BUCKET, type="string", description="Landing bucket to read")},
     ) as dag:
         from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
@@ -135,10 +135,15 @@ def build_ingest_dag(spec: SourceSpec, config: dict[str, Any] | None = None) -> 
         def publish(obj: dict[str, Any], source: str) -> dict[str, Any]:
             from airflow.sdk.exceptions import AirflowFailException
 
-            from covidflow.publish.ingest import publish_object
+            from covidflow.publish.config import ingest_config
+            from covidflow.publish.ingest import publish_object, reject_ratio_exceeded
+            from covidflow.store.quality import SchemaDrift
 
             context = get_current_context()
-            summary = publish_object(source, obj)
+            try:
+                summary = publish_object(source, obj)
+            except SchemaDrift as exc:  # retrying cannot help: the file or the spec must change
+                raise AirflowFailException(str(exc)) from None
             context["outlet_events"][source_asset(source)].extra = {
                 "object": summary["object"],
                 "etag": summary["etag"],
@@ -152,6 +157,10 @@ def build_ingest_dag(spec: SourceSpec, config: dict[str, Any] | None = None) -> 
                     f"{summary['records_out']} records before the error and a dead letter were published and the "
                     "object is marked done: fix the file and re-upload it (new etag)."
                 )
+            too_many = reject_ratio_exceeded(summary, float(ingest_config()["max_reject_ratio"]))
+            if too_many:
+                context["ti"].xcom_push(key="summary", value=summary)
+                raise AirflowFailException(too_many)
             return summary
 
         selected = select(source_id)

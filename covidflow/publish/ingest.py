@@ -90,27 +90,38 @@ def publish_object(source_id: str, obj_dict: dict[str, Any]) -> dict[str, Any]:
     """Publish one landed object, then mark it in the manifest; returns the run summary (XCom)."""
     from confluent_kafka import KafkaException
 
+    from covidflow.ops.config import quality_config
     from covidflow.publish.kafka import DeliveryFailed
     from covidflow.read import read_records
+    from covidflow.store.quality import guard_drift
 
     config = ingest_config()
     txn = config["transactions"]
     spec = _spec(source_id)
     obj = LandedObject.from_dict(obj_dict)
     client = s3_client()
-    txn_id = transactional_id(source_id, obj.key) if txn["enabled"] else None
-    producer = kafka_producer(txn_id)
-    if txn_id:
-        try:
-            producer.init_transactions(txn["init_timeout_seconds"])
-        except KafkaException as exc:
-            raise DeliveryFailed(
-                f"Kafka unreachable for {obj.uri} (etag {obj.etag}): cannot start a transaction within "
-                f"{txn['init_timeout_seconds']} s ({exc.args[0]}). Nothing published; a retry republishes it."
-            ) from None
     stream = open_stream(client, obj)
     try:
-        records = read_records(stream, spec["format"], spec.get("reader") or {}, name=obj.key)
+        # A renamed or missing column fails here, before a single record is published (SchemaDrift).
+        records, drift = guard_drift(
+            source_id,
+            spec.data,
+            read_records(stream, spec["format"], spec.get("reader") or {}, name=obj.key),
+            quality_config(),
+            name=obj.key,
+        )
+        for finding in drift:
+            log.warning("%s: %s", obj.uri, finding)
+        txn_id = transactional_id(source_id, obj.key) if txn["enabled"] else None
+        producer = kafka_producer(txn_id)
+        if txn_id:
+            try:
+                producer.init_transactions(txn["init_timeout_seconds"])
+            except KafkaException as exc:
+                raise DeliveryFailed(
+                    f"Kafka unreachable for {obj.uri} (etag {obj.etag}): cannot start a transaction within "
+                    f"{txn['init_timeout_seconds']} s ({exc.args[0]}). Nothing published; a retry republishes it."
+                ) from None
         summary: PublishSummary = publish_records(
             records,
             source_id=source_id,
@@ -129,3 +140,16 @@ def publish_object(source_id: str, obj_dict: dict[str, Any]) -> dict[str, Any]:
     S3Manifest(client, obj.bucket, config["manifest"]["prefix"]).mark(source_id, obj, result)
     log.info("%s", summary.line())
     return result
+
+
+def reject_ratio_exceeded(summary: dict[str, Any], max_ratio: float) -> str | None:
+    """Why the run must fail although every reject reached the dead-letter topic, or None."""
+    total = summary["records_out"] + summary["rejects"]
+    if not total or summary["rejects"] / total <= max_ratio:
+        return None
+    return (
+        f"{summary['object']}: {summary['rejects']} of {total} records rejected "
+        f"({summary['rejects'] / total:.1%} > the allowed {max_ratio:.1%}); they are on {DEADLETTER_TOPIC} with "
+        f"their reasons ({summary['rejects_by_reason']}). The object is marked done: fix the file or the spec, "
+        "then re-upload it (new etag)."
+    )

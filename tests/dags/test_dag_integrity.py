@@ -54,3 +54,14 @@ def test_every_task_has_an_owner_and_explicit_retries(dagbag) -> None:
             if not retries_by_default and task.retries < 1:
                 problems.append(f"{dag_id}.{task.task_id}: retries not set (default_args['retries'] or per task)")
     assert problems == []
+
+
+def test_every_dag_reports_failures_through_the_one_convention(dagbag) -> None:
+    """One on_failure_callback everywhere (covidflow.ops.callbacks): a greppable line and the optional webhook."""
+    from covidflow.ops.callbacks import on_failure
+
+    def uses_it(callback) -> bool:
+        callbacks = callback if isinstance(callback, list) else [callback]
+        return on_failure in callbacks
+
+    assert sorted(dag_id for dag_id, dag in dagbag.dags.items() if not uses_it(dag.on_failure_callback)) == []

@@ -59,7 +59,7 @@ def test_ingest_dag_shape(dagbag, source_id: str) -> None:
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert dag.default_args["owner"] == "covidflow-ingest"
     assert dag.default_args["retries"] == 3 and dag.default_args["retry_exponential_backoff"] == 2.0
-    assert dag.on_failure_callback and dag.default_args["on_failure_callback"].__name__ == "log_failure"
+    assert dag.on_failure_callback and dag.default_args["on_failure_callback"].__name__ == "on_failure"
     assert dag.params["bucket"] == "covidflow-landing"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.parse
+
 import pytest
 
 from covidflow import settings
@@ -69,6 +71,13 @@ def test_dag_processor_reports_no_import_errors(token: str) -> None:
 def test_stack_check_dag_succeeds_through_the_scheduler(token: str) -> None:
     """Needs the whole stack up: each task reaches one service through its AIRFLOW_CONN_* connection."""
     client = AirflowClient()
-    state, tasks = client.wait("covidflow_stack_check", client.trigger("covidflow_stack_check"), timeout=180)
+    run_id = client.trigger("covidflow_stack_check")
+    state, tasks = client.wait("covidflow_stack_check", run_id, timeout=180)
     assert tasks == {name: "success" for name in ("s3", "kafka", "cassandra", "elasticsearch", "spark")}
     assert state == "success"
+    # On-call reads task logs in the UI: served from the local files (the log servers are not started).
+    run = urllib.parse.quote(run_id)
+    log = client.call("GET", f"/api/v2/dags/covidflow_stack_check/dagRuns/{run}/taskInstances/kafka/logs/1")
+    events = [line.get("event", "") for line in log["content"]]
+    assert any(e.endswith("task_id=kafka/attempt=1.log") for e in events), events[:5]
+    assert any(e.startswith("Done. Returned value was: [") and "__consumer_offsets" in e for e in events), events

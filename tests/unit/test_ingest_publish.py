@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from covidflow.land.objects import LandedObject
-from covidflow.publish.callbacks import failure_line
+from covidflow.ops.callbacks import failure_line
 from covidflow.publish.kafka import (
     DeliveryFailed,
     KeyBuilder,
@@ -144,3 +144,15 @@ def test_failure_line() -> None:
         "FAILED dag=ingest_x run=r1 task=publish[2] try=3 error=DeliveryFailed: Kafka unreachable"
     )
     assert failure_line(context, "RETRY").startswith("RETRY dag=ingest_x")
+
+
+def test_reject_ratio_beyond_the_limit_fails_the_run_and_says_where_the_rejects_are() -> None:
+    from covidflow.publish.ingest import reject_ratio_exceeded
+
+    summary = {"object": "s3://b/spf/x.csv", "records_out": 90, "rejects": 10, "rejects_by_reason": {"bad date": 10}}
+    assert reject_ratio_exceeded(summary, 0.10) is None  # exactly at the limit passes
+    message = reject_ratio_exceeded(summary, 0.05)
+    assert message is not None
+    assert message.startswith("s3://b/spf/x.csv: 10 of 100 records rejected (10.0% > the allowed 5.0%)")
+    assert "covid.deadletter.v1" in message and "{'bad date': 10}" in message
+    assert reject_ratio_exceeded({**summary, "records_out": 0, "rejects": 0}, 0.0) is None  # empty object

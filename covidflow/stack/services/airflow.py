@@ -22,7 +22,14 @@ from covidflow.stack.service import HOST, ProcessSpec, Service, http_json
 
 ADMIN_USER = "admin"
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
-COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+# The scheduler's and triggerer's log servers would listen on every interface (Airflow 3.3 hard-codes it);
+# on one machine the api-server reads task logs from the local files, so they are not started.
+COMMANDS = {
+    "api-server": [],
+    "scheduler": ["--skip-serve-logs"],
+    "dag-processor": [],
+    "triggerer": ["--skip-serve-logs"],
+}
 HEALTH_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 
 
@@ -126,7 +133,10 @@ class AirflowService(Service):
     def processes(self, home: StackHome) -> list[ProcessSpec]:
         env = airflow_env(home)
         cwd = airflow_home(home)
-        return [ProcessSpec(f"airflow-{c}", [str(airflow_bin()), c], env=env, cwd=cwd) for c in COMPONENTS]
+        return [
+            ProcessSpec(f"airflow-{name}", [str(airflow_bin()), name, *args], env=env, cwd=cwd)
+            for name, args in COMMANDS.items()
+        ]
 
     def is_healthy(self) -> bool:
         doc = health()
