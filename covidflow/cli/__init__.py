@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from covidflow.cli.query import query
 from covidflow.cli.sources import sources
 from covidflow.cli.stack import stack
 
@@ -23,6 +24,7 @@ def cli(verbose: bool) -> None:
 
 cli.add_command(stack)
 cli.add_command(sources)
+cli.add_command(query)
 
 
 def main() -> None:

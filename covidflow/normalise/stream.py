@@ -1,0 +1,231 @@
+"""Pure transformation steps of the streaming job: Kafka value bytes -> canonical records + dead letters.
+
+No Spark, Kafka, Cassandra or Elasticsearch here: the Spark job calls these functions once per partition
+(``process_messages``) and hands the output to the store writers, and unit tests call them directly. The
+mapping itself is the shared core (``Normaliser``); this module only adapts envelopes to it, validates the
+result against the canonical schema and shapes rows/documents for the stores.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from covidflow.catalog.schema import ObservationSchema, load_schema, record_id
+from covidflow.normalise.core import Normaliser, Provenance, Reject
+from covidflow.publish.envelope import DeadLetter, ObjectRef, RawEnvelope
+from covidflow.read.base import RawRecord
+
+STAGE = "normalise"
+EXCERPT_CHARS = 200
+_UNKNOWN_OBJECT = ObjectRef(bucket="", key="", etag="")
+
+#: Python types a canonical value may have, per logical type of observation.yaml (None handled separately).
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "text": (str,),
+    "int": (int,),
+    "long": (int,),
+    "double": (float, int),
+    "date": (date,),
+    "timestamp": (datetime,),
+    "geo_point": (dict,),
+}
+
+
+def parse_instant(text: str | None) -> datetime | None:
+    """An ISO date or datetime from an envelope as an aware UTC datetime (naive means UTC)."""
+    if not text:
+        return None
+    value = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def provenance_of(env: RawEnvelope, *, now: datetime | None = None) -> Provenance:
+    """Adapter envelope -> core Provenance.
+
+    ``landed_at`` is the object's S3 LastModified (the core's vintage fallback); envelopes written without it
+    (replays of old captures) fall back to the publisher's ``vintage``. ``published_at`` is when covidflow read
+    the object.
+    """
+    landed = parse_instant(env.landed_at) or parse_instant(env.vintage)
+    ingested = parse_instant(env.published_at) or landed or now or datetime.now(UTC)
+    return Provenance(
+        object_key=env.object.key,
+        landed_at=landed or ingested,
+        ingested_at=ingested,
+        object_version=env.object.version_id or env.object.etag or None,
+    )
+
+
+def validate_record(record: dict[str, Any], schema: ObservationSchema | None = None) -> list[str]:
+    """Problems of one canonical record against observation.yaml (missing/extra fields, nulls, types, id)."""
+    schema = schema or load_schema()
+    problems = []
+    names = set(schema.field_names)
+    extra = sorted(set(record) - names)
+    if extra:
+        problems.append(f"unknown fields {extra}")
+    for f in schema.fields:
+        if f.name not in record:
+            problems.append(f"missing field {f.name}")
+            continue
+        value = record[f.name]
+        if value is None:
+            if not f.nullable:
+                problems.append(f"null {f.name}")
+            continue
+        expected = _PY_TYPES[f.type]
+        bad_bool = isinstance(value, bool)
+        bad_date = f.type == "date" and isinstance(value, datetime)
+        if bad_bool or bad_date or not isinstance(value, expected):
+            problems.append(f"{f.name} is {type(value).__name__}, expected {f.type}")
+        elif f.type == "double" and value != value:
+            problems.append(f"{f.name} is NaN")
+        elif f.type == "geo_point" and set(value) != {"lat", "lon"}:
+            problems.append(f"{f.name} must have exactly lat and lon")
+    if not problems and record["record_id"] != record_id(record, schema):
+        problems.append("record_id does not match its identifying fields")
+    return problems
+
+
+def dead_letter_from_reject(reject: Reject, env: RawEnvelope, at: str) -> DeadLetter:
+    return DeadLetter(
+        stage=STAGE,
+        source_id=env.source_id,
+        reason=f"{reject.field}: {reject.reason}" + (f": {reject.value!r}" if reject.value else ""),
+        object=env.object,
+        record_index=env.record_index,
+        line=reject.line if reject.line is not None else env.line,
+        excerpt=_excerpt(env.fields),
+        fields=env.fields,
+        at=at,
+    )
+
+
+def _excerpt(fields: dict[str, Any]) -> str:
+    return json.dumps(fields, ensure_ascii=False, default=str)[:EXCERPT_CHARS]
+
+
+def dead_letter_key(letter: DeadLetter) -> bytes:
+    """Deterministic key: a replayed reject lands on the same partition with the same key (compaction-friendly)."""
+    parts = (letter.source_id, letter.object.key, letter.object.etag, str(letter.record_index), letter.reason)
+    return "|".join(parts).encode("utf-8")
+
+
+@dataclass
+class BatchOutput:
+    """What one partition of one micro-batch yields."""
+
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)  # record_id -> record (last wins)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    input_rows: int = 0
+    skips: int = 0
+    duplicates: int = 0  # record ids seen twice in this batch (a replay inside one batch)
+
+
+def process_messages(
+    values: Iterable[bytes | str | None],
+    normaliser_for: Callable[[str], Normaliser],
+    *,
+    schema: ObservationSchema | None = None,
+    now: datetime | None = None,
+) -> BatchOutput:
+    """Decode, normalise and validate Kafka values; never raises on bad data (it becomes a dead letter).
+
+    ``normaliser_for(source_id)`` returns the (cached) Normaliser of a source or raises ``KeyError``/
+    ``ValueError`` for an unknown or invalid spec.
+    """
+    schema = schema or load_schema()
+    at = (now or datetime.now(UTC)).isoformat()
+    out = BatchOutput()
+    for value in values:
+        out.input_rows += 1
+        try:
+            env = RawEnvelope.from_json(value if value is not None else b"")
+        except (ValueError, TypeError, KeyError) as exc:
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            out.dead_letters.append(
+                DeadLetter(
+                    STAGE, "", f"undecodable envelope: {exc}", _UNKNOWN_OBJECT, excerpt=text[:EXCERPT_CHARS], at=at
+                )
+            )
+            continue
+        try:
+            norm = normaliser_for(env.source_id)
+        except (KeyError, ValueError) as exc:
+            reason = f"no valid spec for source {env.source_id!r}: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+            out.dead_letters.append(_envelope_letter(env, reason, at))
+            continue
+        try:
+            result = norm.normalise(RawRecord(env.record_index, dict(env.fields), env.line), provenance_of(env))
+        except Exception as exc:  # the core promises not to raise; if it does, the record must still be kept
+            out.dead_letters.append(_envelope_letter(env, f"normaliser error: {exc!r}", at))
+            continue
+        out.skips += len(result.skips)
+        out.dead_letters.extend(dead_letter_from_reject(r, env, at) for r in result.rejects)
+        for record in result.records:
+            problems = validate_record(record, schema)
+            if problems:
+                out.dead_letters.append(_envelope_letter(env, "schema validation: " + "; ".join(problems), at))
+                continue
+            if record["record_id"] in out.records:
+                out.duplicates += 1
+            out.records[record["record_id"]] = record
+    return out
+
+
+def _envelope_letter(env: RawEnvelope, reason: str, at: str) -> DeadLetter:
+    return DeadLetter(
+        STAGE, env.source_id, reason, env.object, env.record_index, env.line, _excerpt(env.fields), env.fields, at
+    )
+
+
+# -- shapes for the stores -------------------------------------------------------------------------------
+
+
+def write_timestamp(record: dict[str, Any]) -> int:
+    """Cassandra write time (µs) = vintage: in observations_latest a newer vintage always wins, and a late
+    replay of an old vintage can never overwrite it (see docs/decisions/0002)."""
+    vintage: datetime = record["vintage"]
+    return int(vintage.timestamp() * 1_000_000)
+
+
+def cassandra_values(record: dict[str, Any], columns: list[str]) -> tuple[Any, ...]:
+    """Bind values for a prepared INSERT of ``columns`` (geo_point as a (lat, lon) tuple for the UDT)."""
+    out = []
+    for name in columns:
+        value = record[name]
+        if name == "location_point" and value is not None:
+            value = (value["lat"], value["lon"])
+        out.append(value)
+    return tuple(out)
+
+
+def vintage_rows(records: Iterable[dict[str, Any]], columns: list[str]) -> list[tuple[Any, ...]]:
+    """Distinct rows of vintages_by_source for the records of a batch."""
+    seen: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for record in records:
+        row = tuple(record[c] for c in columns)
+        seen.setdefault(row, row)
+    return list(seen.values())
+
+
+def es_document(record: dict[str, Any]) -> dict[str, Any]:
+    """JSON-ready document: dates as yyyy-MM-dd, instants as ISO-8601 UTC."""
+    doc = {}
+    for name, value in record.items():
+        if isinstance(value, datetime):
+            value = value.astimezone(UTC).isoformat()
+        elif isinstance(value, date):
+            value = value.isoformat()
+        doc[name] = value
+    return doc
+
+
+def es_actions(records: Iterable[dict[str, Any]], index: str) -> list[dict[str, Any]]:
+    """Bulk ``index`` actions with ``_id = record_id``: a replay overwrites the same document."""
+    return [{"_op_type": "index", "_index": index, "_id": r["record_id"], "_source": es_document(r)} for r in records]

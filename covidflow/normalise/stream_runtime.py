@@ -1,0 +1,213 @@
+"""Executor- and driver-side glue of the streaming job: one partition in, three sinks out, stats back.
+
+Kept out of ``spark_jobs/`` so it ships in the covidflow package (the same code on driver and executors)
+and so the integration tests and the benchmark can run a partition without Spark.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from covidflow import settings
+from covidflow.catalog.specs import find_spec
+from covidflow.normalise.core import Normaliser
+from covidflow.normalise.stream import dead_letter_key, process_messages
+from covidflow.normalise.stream_names import APP_NAME
+from covidflow.publish.envelope import DEADLETTER_TOPIC, RAW_TOPIC
+
+log = logging.getLogger(__name__)
+__all__ = ["APP_NAME", "Heartbeat", "NormaliserCache", "StreamConfig", "process_partition"]
+
+
+def state_dir() -> Path:
+    """Durable home of the checkpoint and the heartbeat (COVIDFLOW_STREAM_STATE_DIR overrides)."""
+    default = Path(os.environ.get("COVIDFLOW_HOME", Path.home() / ".covidflow")) / "data" / "spark" / "normalise"
+    return Path(os.environ.get("COVIDFLOW_STREAM_STATE_DIR", default))
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Everything the job needs; picklable, so the same object reaches every executor."""
+
+    bootstrap: str = settings.KAFKA_BOOTSTRAP
+    raw_topic: str = RAW_TOPIC
+    deadletter_topic: str = DEADLETTER_TOPIC
+    cassandra_host: str = settings.CASSANDRA_HOST
+    cassandra_port: int = settings.CASSANDRA_PORT
+    elasticsearch_url: str = settings.ELASTICSEARCH_URL
+    checkpoint: str = field(default_factory=lambda: str(state_dir() / "checkpoint"))
+    heartbeat: str = field(default_factory=lambda: str(state_dir() / "heartbeat.json"))
+    max_offsets_per_trigger: int = 20000
+    trigger_seconds: int = 5
+    store_retry_seconds: float = 600.0
+    replication_factor: int = 1
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> StreamConfig:
+        env = {
+            "bootstrap": os.environ.get("COVIDFLOW_KAFKA_BOOTSTRAP"),
+            "raw_topic": os.environ.get("COVIDFLOW_STREAM_RAW_TOPIC"),
+            "deadletter_topic": os.environ.get("COVIDFLOW_STREAM_DEADLETTER_TOPIC"),
+            "checkpoint": os.environ.get("COVIDFLOW_STREAM_CHECKPOINT"),
+            "cassandra_port": os.environ.get("COVIDFLOW_STREAM_CASSANDRA_PORT"),
+            "max_offsets_per_trigger": os.environ.get("COVIDFLOW_STREAM_MAX_OFFSETS"),
+            "trigger_seconds": os.environ.get("COVIDFLOW_STREAM_TRIGGER_SECONDS"),
+        }
+        kwargs: dict[str, Any] = {k: v for k, v in env.items() if v}
+        for k in ("max_offsets_per_trigger", "trigger_seconds", "cassandra_port"):
+            if k in kwargs:
+                kwargs[k] = int(kwargs[k])
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kwargs)
+
+
+class NormaliserCache:
+    """One Normaliser per source per Python worker: specs compile once, not once per record."""
+
+    def __init__(self) -> None:
+        self._by_source: dict[str, Normaliser] = {}
+
+    def __call__(self, source_id: str) -> Normaliser:
+        if source_id not in self._by_source:
+            if not source_id or "/" in source_id or source_id.startswith("."):
+                raise KeyError(f"invalid source id {source_id!r}")
+            self._by_source[source_id] = Normaliser(find_spec(source_id))
+        return self._by_source[source_id]
+
+
+_NORMALISERS = NormaliserCache()
+_WRITERS: dict[str, Any] = {}
+
+
+def _writers(cfg: StreamConfig) -> tuple[Any, Any, Any]:
+    """(CassandraWriter, EsWriter, Kafka Producer), built once per Python worker process."""
+    if "cassandra" not in _WRITERS:
+        from confluent_kafka import Producer
+
+        from covidflow.index.es_writer import EsWriter, client
+        from covidflow.store.cassandra_writer import CassandraWriter, connect_with_retry
+
+        sess = connect_with_retry(cfg.cassandra_host, cfg.cassandra_port, cfg.store_retry_seconds)
+        _WRITERS["cassandra"] = CassandraWriter(sess, retry_for=cfg.store_retry_seconds)
+        _WRITERS["es"] = EsWriter(client(cfg.elasticsearch_url), retry_for=cfg.store_retry_seconds)
+        _WRITERS["kafka"] = Producer(
+            {"bootstrap.servers": cfg.bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 20}
+        )
+    return _WRITERS["cassandra"], _WRITERS["es"], _WRITERS["kafka"]
+
+
+def publish_dead_letters(producer: Any, topic: str, letters: list[Any], timeout: float = 60.0) -> int:
+    """Produce and wait for every delivery; a failed delivery raises (the batch is then replayed)."""
+    errors: list[str] = []
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    for letter in letters:
+        while True:
+            try:
+                producer.produce(topic, letter.to_json(), key=dead_letter_key(letter), on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.5)
+    remaining = producer.flush(timeout)
+    if remaining or errors:
+        raise RuntimeError(f"dead-letter delivery failed: {remaining} undelivered, errors {errors[:3]}")
+    return len(letters)
+
+
+def process_partition(rows: Iterable[Any], cfg: StreamConfig) -> Iterator[dict[str, Any]]:
+    """mapPartitions body: rows have ``value``, ``partition``, ``offset``; yields one stats dict."""
+    started = time.monotonic()
+    values: list[bytes | None] = []
+    offsets: dict[int, int] = {}
+    for row in rows:
+        values.append(bytes(row["value"]) if row["value"] is not None else None)
+        offsets[row["partition"]] = max(offsets.get(row["partition"], -1), row["offset"])
+    stats: dict[str, Any] = {"input_rows": len(values), "max_offsets": offsets}
+    if values:
+        out = process_messages(values, _NORMALISERS)
+        cass, es, producer = _writers(cfg)
+        records = list(out.records.values())
+        t0 = time.monotonic()
+        stats["cassandra"] = cass.write(records) if records else {}
+        t1 = time.monotonic()
+        stats["elasticsearch"] = es.write(records) if records else 0
+        t2 = time.monotonic()
+        stats["dead_letters"] = publish_dead_letters(producer, cfg.deadletter_topic, out.dead_letters)
+        stats.update(records=len(records), skips=out.skips, duplicates=out.duplicates,
+                     cassandra_seconds=round(t1 - t0, 3), elasticsearch_seconds=round(t2 - t1, 3))  # fmt: skip
+    stats["seconds"] = round(time.monotonic() - started, 3)
+    yield stats
+
+
+def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum per-partition stats into one batch summary (pure)."""
+    total: dict[str, Any] = {"input_rows": 0, "records": 0, "dead_letters": 0, "skips": 0, "duplicates": 0,
+                             "cassandra": {}, "elasticsearch": 0, "max_offsets": {},
+                             "cassandra_seconds": 0.0, "elasticsearch_seconds": 0.0}  # fmt: skip
+    for p in parts:
+        for k in ("cassandra_seconds", "elasticsearch_seconds"):
+            total[k] = round(total[k] + p.get(k, 0.0), 3)
+        for k in ("input_rows", "records", "dead_letters", "skips", "duplicates", "elasticsearch"):
+            total[k] += p.get(k, 0)
+        for table, n in p.get("cassandra", {}).items():
+            total["cassandra"][table] = total["cassandra"].get(table, 0) + n
+        for part, off in p.get("max_offsets", {}).items():
+            total["max_offsets"][str(part)] = max(total["max_offsets"].get(str(part), -1), off)
+    return total
+
+
+@dataclass
+class Heartbeat:
+    """What the job reports after every batch and every few seconds while idle; the DAG reads it."""
+
+    app_id: str
+    app_name: str
+    started_at: str
+    updated_at: str
+    last_batch_id: int | None = None
+    last_batch_at: str | None = None
+    last_batch: dict[str, Any] = field(default_factory=dict)
+    input_rows_per_second: float | None = None
+    processed_rows_per_second: float | None = None
+    offsets_behind_latest: float | None = None  # Kafka source metric maxOffsetsBehindLatest
+    totals: dict[str, int] = field(default_factory=dict)
+    driver_pid: int = field(default_factory=os.getpid)
+
+    def write(self, path: str | Path) -> None:
+        """Atomic replace, so a reader never sees half a file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1, default=str), encoding="utf-8")
+        tmp.replace(path)
+
+
+def progress_metrics(progress: dict[str, Any] | None) -> dict[str, float | None]:
+    """Input rate, processing rate and Kafka lag from a StreamingQueryProgress JSON (pure)."""
+    if not progress:
+        return {"input_rows_per_second": None, "processed_rows_per_second": None, "offsets_behind_latest": None}
+    behind = None
+    for src in progress.get("sources", []):
+        metrics = src.get("metrics") or {}
+        if "maxOffsetsBehindLatest" in metrics:
+            behind = float(metrics["maxOffsetsBehindLatest"])
+    return {
+        "input_rows_per_second": progress.get("inputRowsPerSecond"),
+        "processed_rows_per_second": progress.get("processedRowsPerSecond"),
+        "offsets_behind_latest": behind,
+    }
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,193 @@
+"""Supervision of the long-running stream: is it alive, how healthy, and how to (re)submit exactly one copy.
+
+Used by the ``covidflow_stream`` DAG, the tests and the benchmark. Liveness comes from the Spark master
+(an active application named covidflow-normalise) and the job's heartbeat file; lag from the checkpoint's
+last committed Kafka offsets against the topic's high watermarks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from covidflow import PROJECT_ROOT, settings
+from covidflow.normalise.stream_runtime import APP_NAME, StreamConfig, state_dir
+
+JOB_PATH = PROJECT_ROOT / "spark_jobs" / "normalise_stream.py"
+BUNDLE_NAME = "covidflow_bundle"
+LIVE_STATES = {"RUNNING", "WAITING", "SUBMITTED"}
+#: A heartbeat older than this while the master says RUNNING means a hung driver.
+STALE_AFTER_SECONDS = 180
+#: Small, explicit memory: the machine is shared by the whole stack.
+SPARK_CONF: dict[str, str] = {
+    "spark.driver.memory": "768m",
+    "spark.executor.memory": "768m",
+    "spark.executor.cores": "1",
+    "spark.cores.max": "1",
+    "spark.sql.shuffle.partitions": "2",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.streaming.metricsEnabled": "true",
+}
+
+
+def master_ui_url() -> str:
+    return os.environ.get("COVIDFLOW_SPARK_MASTER_UI", f"http://{settings.HOST}:{settings.SPARK_MASTER_UI_PORT}")
+
+
+def live_apps(master_status: dict[str, Any] | None, name: str = APP_NAME) -> list[dict[str, Any]]:
+    """Active applications called ``name`` in the master's /json/ document (pure)."""
+    if not master_status:
+        return []
+    return [a for a in master_status.get("activeapps", []) if a.get("name") == name and a.get("state") in LIVE_STATES]
+
+
+def fetch_master_status(url: str | None = None, timeout: float = 5.0) -> dict[str, Any] | None:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url or master_ui_url()}/json/", timeout=timeout) as resp:
+            return json.load(resp)
+    except (OSError, ValueError):
+        return None
+
+
+def read_heartbeat(path: str | Path | None = None) -> dict[str, Any] | None:
+    path = Path(path or StreamConfig().heartbeat)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def committed_offsets(checkpoint: str | Path) -> dict[str, dict[str, int]]:
+    """{topic: {partition: next offset}} of the last committed batch in a Structured Streaming checkpoint."""
+    checkpoint = Path(checkpoint)
+    commits = [int(p.name) for p in (checkpoint / "commits").glob("[0-9]*") if p.name.isdigit()]
+    if not commits:
+        return {}
+    offsets_file = checkpoint / "offsets" / str(max(commits))
+    try:
+        lines = offsets_file.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return {}
+    for line in reversed(lines):  # v1, metadata json, then one line per source
+        if line.startswith("{") and "batchWatermarkMs" not in line:
+            return {t: {p: int(o) for p, o in parts.items()} for t, parts in json.loads(line).items()}
+    return {}
+
+
+def kafka_lag(committed: dict[str, dict[str, int]], high: dict[str, dict[str, int]]) -> int | None:
+    """Messages on the topics not yet committed by the stream (pure); None if nothing to compare."""
+    if not high:
+        return None
+    lag = 0
+    for topic, parts in high.items():
+        for part, end in parts.items():
+            lag += max(0, end - committed.get(topic, {}).get(part, 0))
+    return lag
+
+
+def high_watermarks(topic: str, bootstrap: str | None = None, timeout: float = 10.0) -> dict[str, dict[str, int]]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap or settings.KAFKA_BOOTSTRAP, "group.id": "covidflow-health"})
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return {}
+        out = {}
+        for part in meta.partitions:
+            _, hi = consumer.get_watermark_offsets(TopicPartition(topic, part), timeout=timeout)
+            out[str(part)] = hi
+        return {topic: out}
+    finally:
+        consumer.close()
+
+
+def _age_seconds(iso: str | None, now: datetime) -> float | None:
+    if not iso:
+        return None
+    return round((now - datetime.fromisoformat(iso)).total_seconds(), 1)
+
+
+def assess(
+    master_status: dict[str, Any] | None,
+    heartbeat: dict[str, Any] | None,
+    lag: int | None,
+    *,
+    now: datetime | None = None,
+    stale_after: float = STALE_AFTER_SECONDS,
+) -> dict[str, Any]:
+    """One health verdict (pure): alive, hung, or dead, with last batch time, input rate and lag."""
+    now = now or datetime.now(UTC)
+    apps = live_apps(master_status)
+    hb = heartbeat or {}
+    beat_age = _age_seconds(hb.get("updated_at"), now)
+    own = bool(apps) and any(a.get("id") == hb.get("app_id") for a in apps)
+    hung = bool(apps) and own and beat_age is not None and beat_age > stale_after
+    return {
+        "master_reachable": master_status is not None,
+        "running_apps": [a.get("id") for a in apps],
+        "alive": bool(apps) and not hung,
+        "hung": hung,
+        "app_id": hb.get("app_id"),
+        "heartbeat_age_seconds": beat_age,
+        "last_batch_id": hb.get("last_batch_id"),
+        "last_batch_at": hb.get("last_batch_at"),
+        "last_batch_age_seconds": _age_seconds(hb.get("last_batch_at"), now),
+        "input_rows_per_second": hb.get("input_rows_per_second"),
+        "processed_rows_per_second": hb.get("processed_rows_per_second"),
+        "offsets_behind_latest": hb.get("offsets_behind_latest"),
+        "lag_messages": lag,
+        "totals": hb.get("totals", {}),
+    }
+
+
+def stream_health(cfg: StreamConfig | None = None) -> dict[str, Any]:
+    """Gather master status, heartbeat and Kafka lag, and assess them (I/O)."""
+    cfg = cfg or StreamConfig.from_env()
+    try:
+        lag = kafka_lag(committed_offsets(cfg.checkpoint), high_watermarks(cfg.raw_topic, cfg.bootstrap))
+    except Exception:  # health must still report the rest when Kafka is down
+        lag = None
+    return assess(fetch_master_status(), read_heartbeat(cfg.heartbeat), lag)
+
+
+def build_bundle(dest: Path | None = None) -> Path:
+    """Zip covidflow/ and include/ (specs, schemas, locations, metrics) for ``--archives ...#covidflow_bundle``."""
+    dest = dest or state_dir() / f"{BUNDLE_NAME}.zip"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for top in ("covidflow", "include"):
+            for path in sorted((PROJECT_ROOT / top).rglob("*")):
+                if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                    if top == "include" and path.parts[len(PROJECT_ROOT.parts) + 1] == "samples":
+                        continue  # samples are test data, not code
+                    zf.write(path, path.relative_to(PROJECT_ROOT).as_posix())
+    tmp.replace(dest)
+    return dest
+
+
+def submit_conf(bundle: Path) -> dict[str, str]:
+    """Spark conf for the job: small memory, the bundle as an archive, the venv's Python on executors."""
+    return {
+        **SPARK_CONF,
+        "spark.archives": f"{bundle}#{BUNDLE_NAME}",
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+    }
+
+
+def spark_submit_command(master: str, job_args: list[str], *, bundle: Path, jars: list[Path]) -> list[str]:
+    """The plain ``spark-submit`` command the DAG's operator amounts to (used by tests and the benchmark)."""
+    cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", master, "--name", APP_NAME]
+    cmd += ["--jars", ",".join(str(j) for j in jars)]
+    for key, value in submit_conf(bundle).items():
+        cmd += ["--conf", f"{key}={value}"]
+    return [*cmd, str(JOB_PATH), *job_args]

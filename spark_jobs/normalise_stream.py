@@ -1,0 +1,205 @@
+"""covidflow-normalise: Kafka covid.raw.v1 -> shared normalisation core -> Cassandra + Elasticsearch + dead letters.
+
+Submitted by the ``covidflow_stream`` DAG (or ``spark-submit`` by hand). Executors get the covidflow package
+and include/ (specs, schemas, locations) as the archive ``covidflow_bundle``; the mapping code is the
+shared core, never a second implementation. Exactly-once effect = Kafka offsets in the checkpoint +
+idempotent writes (deterministic keys/ids): a replayed micro-batch rewrites the same rows and documents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import signal
+import sys
+import time
+import urllib.request
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("covidflow.normalise_stream")
+BUNDLE = "covidflow_bundle"
+
+
+def _use_bundle() -> str | None:
+    """Put the shipped bundle first on sys.path (executors), so they run exactly the submitted code."""
+    try:
+        from pyspark import SparkFiles
+
+        root = Path(SparkFiles.getRootDirectory()) / BUNDLE
+    except Exception:
+        return None
+    if (root / "covidflow" / "__init__.py").exists() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return str(root) if root.exists() else None
+
+
+def _partition(rows: Any, cfg: dict[str, Any]) -> Any:
+    """Runs on the executors (pickled by value: covidflow is imported only after the bundle is on sys.path)."""
+    _use_bundle()
+    import covidflow
+    from covidflow.normalise.stream_runtime import StreamConfig, process_partition
+
+    for stats in process_partition(rows, StreamConfig(**cfg)):
+        stats["code"] = covidflow.__file__
+        yield stats
+
+
+def _other_instances(master_ui: str | None, app_name: str, own_id: str) -> list[str]:
+    """Ids of other live applications with our name on the standalone master (never two copies)."""
+    if not master_ui:
+        return []
+    try:
+        with urllib.request.urlopen(f"{master_ui}/json/", timeout=5) as resp:
+            status = json.load(resp)
+    except OSError:
+        return []
+    return [a["id"] for a in status.get("activeapps", []) if a.get("name") == app_name and a.get("id") != own_id]
+
+
+def _ensure_topics(bootstrap: str, topics: list[str], partitions: int = 2) -> None:
+    """Create missing topics (idempotent); existing ones are left exactly as their owner made them."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=30).topics)
+    missing = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing]
+    for topic, future in admin.create_topics(missing).items() if missing else ():
+        try:
+            future.result(30)
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+        log.info("created topic %s", topic)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--checkpoint", help="checkpoint folder (default: ~/.covidflow/data/spark/normalise/...)")
+    parser.add_argument("--max-offsets-per-trigger", type=int)
+    parser.add_argument("--trigger-seconds", type=int)
+    parser.add_argument("--master-ui", help="standalone master web UI, to refuse running twice")
+    parser.add_argument("--app-name", help="default covidflow-normalise (tests use another name)")
+    parser.add_argument("--available-now", action="store_true", help="process what is there, then exit (tests)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    from pyspark.sql import SparkSession
+
+    from covidflow.index.es_writer import client, ensure_index
+    from covidflow.normalise.stream_runtime import (
+        APP_NAME,
+        Heartbeat,
+        StreamConfig,
+        merge_stats,
+        now_iso,
+        progress_metrics,
+    )
+    from covidflow.store.cassandra_writer import ensure_schema, session
+
+    cfg = StreamConfig.from_env(
+        checkpoint=args.checkpoint,
+        max_offsets_per_trigger=args.max_offsets_per_trigger,
+        trigger_seconds=args.trigger_seconds,
+    )
+    state = Path(cfg.heartbeat).parent
+    state.mkdir(parents=True, exist_ok=True)
+    lock = (state / "driver.lock").open("w")
+    try:  # same-host guard: a second driver on this checkpoint exits at once
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.error("another covidflow-normalise driver holds %s; exiting", state / "driver.lock")
+        return 3
+
+    _ensure_topics(cfg.bootstrap, [cfg.raw_topic, cfg.deadletter_topic])
+    n = ensure_schema(session(cfg.cassandra_host, cfg.cassandra_port),
+                      {"class": "SimpleStrategy", "replication_factor": cfg.replication_factor})  # fmt: skip
+    alias = ensure_index(client(cfg.elasticsearch_url))
+    log.info("stores ready: %d CQL statements applied, ES write alias %s", n, alias)
+
+    app_name = args.app_name or APP_NAME
+    spark = SparkSession.builder.appName(app_name).getOrCreate()
+    app_id = spark.sparkContext.applicationId
+    others = _other_instances(args.master_ui, app_name, app_id)
+    if others:
+        log.error("%s already running as %s; exiting", app_name, others)
+        spark.stop()
+        return 3
+    _use_bundle()
+
+    beat = Heartbeat(app_id=app_id, app_name=app_name, started_at=now_iso(), updated_at=now_iso())
+    totals = {"batches": 0, "input_rows": 0, "records": 0, "dead_letters": 0}
+    cfg_dict = asdict(cfg)
+
+    def process_batch(df: Any, batch_id: int) -> None:
+        started = time.monotonic()
+        parts = (
+            df.select("value", "partition", "offset")
+            .rdd.mapPartitions(lambda rows: _partition(rows, cfg_dict))
+            .collect()
+        )
+        stats = merge_stats(parts)
+        stats["seconds"] = round(time.monotonic() - started, 3)
+        stats["code"] = sorted({p.get("code") for p in parts if p.get("code")})
+        for k in ("input_rows", "records", "dead_letters"):
+            totals[k] += stats[k]
+        totals["batches"] += 1
+        beat.last_batch_id, beat.last_batch_at, beat.last_batch = batch_id, now_iso(), stats
+        beat.updated_at, beat.totals = now_iso(), dict(totals)
+        beat.write(cfg.heartbeat)
+        log.info(
+            "batch %d: input %d, records %d, cassandra %s (%.1fs), elasticsearch %d (%.1fs), rejects %d, skips %d, "
+            "%.2fs",
+            batch_id, stats["input_rows"], stats["records"], stats["cassandra"], stats["cassandra_seconds"],
+            stats["elasticsearch"], stats["elasticsearch_seconds"], stats["dead_letters"], stats["skips"],
+            stats["seconds"],
+        )  # fmt: skip
+
+    reader = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", cfg.bootstrap)
+        .option("subscribe", cfg.raw_topic)
+        .option("startingOffsets", "earliest")
+        .option("maxOffsetsPerTrigger", str(cfg.max_offsets_per_trigger))
+    )
+    writer = reader.load().writeStream.queryName("normalise").option("checkpointLocation", cfg.checkpoint)
+    writer = writer.foreachBatch(process_batch)
+    if args.available_now:
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=f"{cfg.trigger_seconds} seconds")
+    query = writer.start()
+    log.info("%s started: app %s, checkpoint %s", app_name, app_id, cfg.checkpoint)
+
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        # Only flag it: calling Py4J from a signal handler re-enters the call the main thread is blocked in.
+        log.warning("signal %d: stopping the query (an unfinished batch is replayed on restart)", signum)
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while query.isActive and not stopping:
+        query.awaitTermination(5)
+        beat.updated_at = now_iso()
+        for k, v in progress_metrics(query.lastProgress).items():
+            setattr(beat, k, v)
+        beat.write(cfg.heartbeat)
+    if stopping:
+        query.stop()
+        spark.stop()
+        return 0
+    error = query.exception()
+    spark.stop()
+    if error is not None:
+        log.error("query failed: %s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
