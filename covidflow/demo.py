@@ -5,8 +5,11 @@ Each step says what it did and with how many records, so the output doubles as a
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 from covidflow import settings
@@ -17,8 +20,8 @@ def step(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
 
-def land_samples(specs: dict[str, SourceSpec]) -> dict[str, str]:
-    """Upload each source's bundled sample under its landing prefix; returns source id -> S3 key."""
+def land_samples(specs: dict[str, SourceSpec]) -> dict[str, tuple[str, str]]:
+    """Upload each source's bundled sample under its landing prefix; returns source id -> (S3 key, etag)."""
     from covidflow.stack.services.s3 import s3_client
 
     client = s3_client()
@@ -28,19 +31,24 @@ def land_samples(specs: dict[str, SourceSpec]) -> dict[str, str]:
         if sample is None:
             continue
         key = spec["landing"]["prefix"] + sample.name
-        with sample.open("rb") as body:
-            etag = client.put_object(Bucket=settings.LANDING_BUCKET, Key=key, Body=body)["ETag"].strip('"')
-        print(f"  s3://{settings.LANDING_BUCKET}/{key}  {sample.stat().st_size:>9,} bytes  etag {etag}")
-        landed[spec.id] = key
+        etag, action = hashlib.md5(sample.read_bytes()).hexdigest(), "already there"
+        try:
+            client.head_object(Bucket=settings.LANDING_BUCKET, Key=key, IfMatch=etag)
+        except client.exceptions.ClientError:  # missing, or another version: land this one
+            with sample.open("rb") as body:
+                etag = client.put_object(Bucket=settings.LANDING_BUCKET, Key=key, Body=body)["ETag"].strip('"')
+            action = "uploaded"
+        print(f"  s3://{settings.LANDING_BUCKET}/{key}  {sample.stat().st_size:>9,} bytes  etag {etag}  {action}")
+        landed[spec.id] = (key, etag)
     return landed
 
 
-def preview_samples(specs: dict[str, SourceSpec]) -> int:
-    """Run each sample through its spec locally (reader + normalisation core); returns the reject count."""
+def preview_samples(specs: dict[str, SourceSpec]) -> tuple[dict[str, int], int]:
+    """Run each sample through its spec locally; returns the canonical records expected per source, and rejects."""
     from covidflow.normalise.preview import run_file
 
     print(f"  {'source':<34} {'rows read':>9} {'records':>9} {'skipped':>8} {'rejects':>8}")
-    rejects = 0
+    rejects, expected = 0, {}
     for spec in specs.values():
         if spec.sample_path is None:
             continue
@@ -48,38 +56,124 @@ def preview_samples(specs: dict[str, SourceSpec]) -> int:
         for _ in records:
             pass
         rejects += summary.reject_count + (1 if summary.error else 0)
+        expected[spec.id] = summary.records_out
         print(
             f"  {spec.id:<34} {summary.rows_read:>9,} {summary.records_out:>9,} "
             f"{sum(summary.skips.values()):>8,} {summary.reject_count:>8,}"
         )
-    return rejects
+    return expected, rejects
 
 
-def check_stack_through_airflow() -> bool:
-    from covidflow.stack.airflow_api import AirflowClient
+def run_dags(client, dag_ids: list[str], timeout: float = 900) -> dict[str, str]:
+    """Trigger the DAGs together, then wait for each; returns dag id -> final state."""
+    runs = {dag_id: client.trigger(dag_id) for dag_id in dag_ids}
+    states = {}
+    for dag_id, run_id in runs.items():
+        state, tasks = client.wait(dag_id, run_id, timeout=timeout)
+        states[dag_id] = state
+        failed = {t: s for t, s in tasks.items() if s not in ("success", "skipped")}
+        print(f"  {dag_id:<44} {state}" + (f"  tasks not ok: {failed}" if failed else ""), flush=True)
+    return states
 
-    client = AirflowClient()
-    started = time.monotonic()
-    state, tasks = client.wait("covidflow_stack_check", client.trigger("covidflow_stack_check"), timeout=300)
-    print(f"  covidflow_stack_check: {state} in {time.monotonic() - started:.0f} s; tasks: {tasks}")
-    return state == "success"
+
+def published_vintage(source_id: str, key: str, etag: str) -> datetime:
+    """The vintage the ingest DAG gave this object version, from its manifest marker."""
+    from covidflow.land.manifest import marker_key
+    from covidflow.land.objects import LandedObject
+    from covidflow.publish.config import ingest_config
+    from covidflow.stack.services.s3 import s3_client
+
+    obj = LandedObject(bucket=settings.LANDING_BUCKET, key=key, etag=etag, size=0, last_modified="")
+    marker = marker_key(ingest_config()["manifest"]["prefix"], source_id, obj)
+    body = s3_client().get_object(Bucket=settings.LANDING_BUCKET, Key=marker)["Body"].read()
+    return datetime.fromisoformat(json.loads(body)["summary"]["vintage"])
+
+
+def stored_counts(published: dict[str, tuple[str, str, datetime]]) -> dict[str, tuple[int, int]]:
+    """source id -> (rows in Cassandra, documents in Elasticsearch) of exactly the published object version."""
+    from elasticsearch import Elasticsearch
+
+    from covidflow.catalog.schema import load_schema
+    from covidflow.store.cassandra_writer import session
+
+    schema = load_schema()
+    keyspace, alias = schema.cassandra["keyspace"], schema.elasticsearch["write_alias"]
+    sess = session()
+    es = Elasticsearch(settings.ELASTICSEARCH_URL)
+    es.indices.refresh(index=alias, ignore_unavailable=True)
+    counts = {}
+    for source_id, (key, etag, vintage) in published.items():
+        cql = (
+            f"SELECT count(*) FROM {keyspace}.observations_by_vintage WHERE source_id = %s AND vintage = %s "
+            "AND source_object_key = %s AND source_object_version = %s ALLOW FILTERING"
+        )
+        rows = sess.execute(cql, [source_id, vintage, key, etag], timeout=60).one()[0]
+        terms = {"source_id": source_id, "source_object_key": key, "source_object_version": etag}
+        filters = [{"term": {field: value}} for field, value in terms.items()]
+        filters.append({"range": {"vintage": {"gte": vintage.isoformat(), "lte": vintage.isoformat()}}})
+        docs = es.count(index=alias, query={"bool": {"filter": filters}}, ignore_unavailable=True)["count"]
+        counts[source_id] = (rows, docs)
+    return counts
+
+
+def wait_for_stores(
+    published: dict[str, tuple[str, str, datetime]], expected: dict[str, int], timeout: float = 900
+) -> dict[str, tuple[int, int]]:
+    """Poll until both stores hold every expected record (the stream works in micro-batches)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = stored_counts(published)
+        done = sum(min(c[0], c[1]) for c in counts.values())
+        print(f"  {done:,} of {sum(expected.values()):,} records in both stores", flush=True)
+        if all(counts[s] == (n, n) for s, n in expected.items()) or time.monotonic() > deadline:
+            return counts
+        time.sleep(10)
 
 
 def main() -> int:
+    from covidflow.stack.airflow_api import AirflowClient
+
     specs = load_all()
+    client = AirflowClient()
     step(f"1. land the bundled samples of {len(specs)} sources in s3://{settings.LANDING_BUCKET}")
-    land_samples(specs)
-    step("2. read each sample through its spec (streaming reader + normalisation core)")
-    rejects = preview_samples(specs)
-    step("3. Airflow reaches every service through its provider hook and connection")
-    healthy = check_stack_through_airflow()
-    step("done")
+    keys = land_samples(specs)
+    step("2. read each sample through its spec locally (streaming reader + normalisation core)")
+    expected, rejects = preview_samples(specs)
+    step("3. Airflow: create the Kafka topics, start the supervised Spark stream, run one ingest DAG per source")
+    states = run_dags(client, ["covidflow_stack_check", "covidflow_kafka_topics"], timeout=300)
+    stream_run = client.trigger("covidflow_stream")  # its submit task lives as long as the stream
+    print(f"  covidflow_stream triggered ({stream_run}): it starts the job from its checkpoint unless one runs")
+    states |= run_dags(client, [f"ingest_{source_id}" for source_id in keys])
+    step("4. wait for the stream to write every record to Cassandra and Elasticsearch")
+    published = {s: (key, etag, published_vintage(s, key, etag)) for s, (key, etag) in keys.items()}
+    counts = wait_for_stores(published, expected)
+    print(f"  {'source':<34} {'expected':>9} {'cassandra':>10} {'elastic':>9}")
+    for source_id, n in expected.items():
+        rows, docs = counts[source_id]
+        mark = "" if (rows, docs) == (n, n) else "   <- MISSING"
+        print(f"  {source_id:<34} {n:>9,} {rows:>10,} {docs:>9,}{mark}")
+    step("5. a researcher's query: Paris, hospital occupancy, first days of April 2020 (Cassandra)")
+    from click.testing import CliRunner
+
+    from covidflow.cli import cli
+
+    result = CliRunner().invoke(
+        cli, ["query", "--location", "FR-D75", "--metric", "hospital_occupancy", "--from", "2020-04-01", "--to",
+              "2020-04-03"],
+    )  # fmt: skip
+    print("  " + result.output.replace("\n", "\n  "))
+    step("done: where to look")
     print(f"  Airflow UI:      {settings.AIRFLOW_URL}  (user admin; password: covidflow stack credentials)")
+    print(f"  Dashboard:       {settings.AIRFLOW_URL}/covidflow/")
     print(f"  Spark master UI: http://{settings.HOST}:{settings.SPARK_MASTER_UI_PORT}")
-    print(f"  Elasticsearch:   {settings.ELASTICSEARCH_URL}")
+    print(f"  Elasticsearch:   {settings.ELASTICSEARCH_URL}/covid-observations/_search")
     print("  Stack status:    covidflow stack status")
-    if rejects or not healthy:
-        print(f"demo finished with problems: {rejects} rejects, stack check {'ok' if healthy else 'failed'}")
+    problems = [f"{dag} {state}" for dag, state in states.items() if state != "success"]
+    problems += [f"{s}: {counts[s]} stored, {n} expected" for s, n in expected.items() if counts[s] != (n, n)]
+    problems += [f"{rejects} rejects in the samples"] if rejects else []
+    problems += [] if result.exit_code == 0 else [f"query failed: {result.output}"]
+    if problems:
+        print("demo finished with problems:\n  " + "\n  ".join(problems))
         return 1
     return 0
 
