@@ -47,11 +47,23 @@ class AirflowClient:
             raise AirflowApiError(f"login as {ADMIN_USER} failed: HTTP {status} {body}")
         self.token = body["access_token"]
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None, ok: tuple[int, ...] = (200,)) -> dict:
-        status, answer = request(method, path, body, self.token)
-        if status not in ok:
-            raise AirflowApiError(f"{method} {path}: HTTP {status} {answer}")
-        return answer
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        ok: tuple[int, ...] = (200,),
+        patience: float = 120,
+    ) -> dict:
+        """One call; a 5xx (e.g. SQLite busy) or a 404 (a DAG not parsed yet) is retried for ``patience`` s."""
+        deadline = time.monotonic() + patience
+        while True:
+            status, answer = request(method, path, body, self.token)
+            if status in ok:
+                return answer
+            if not (status >= 500 or status == 404) or time.monotonic() > deadline:
+                raise AirflowApiError(f"{method} {path}: HTTP {status} {answer}")
+            time.sleep(2)
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
         """Unpause ``dag_id`` and start a run now; returns the run id."""

@@ -6,8 +6,10 @@ exactly what the running components see; no ``airflow.cfg`` is edited by hand.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from importlib.metadata import version
@@ -63,6 +65,12 @@ def _spark_client_env(home: StackHome) -> dict[str, str]:
     return {k: env[k] for k in ("SPARK_HOME", "JAVA_HOME", "SPARK_LOCAL_IP", "PYSPARK_PYTHON")}
 
 
+#: SQLite connect args (AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS imports them): four processes share one
+#: file, so a writer waits up to 60 s for the lock instead of failing after sqlite's default 5 s.
+SQLITE_CONNECT_ARGS = {"timeout": 60, "check_same_thread": False}
+SQLITE_CONNECT_ARGS_ASYNC = {"timeout": 60}
+
+
 def airflow_env(home: StackHome) -> dict[str, str]:
     """Every AIRFLOW__* setting of the local Airflow, plus the connections; reused by CLI helpers and tests."""
     ahome = airflow_home(home)
@@ -86,6 +94,8 @@ def airflow_env(home: StackHome) -> dict[str, str]:
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file(home)),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{ahome / 'airflow.db'}",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": f"{__name__}.SQLITE_CONNECT_ARGS",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": f"{__name__}.SQLITE_CONNECT_ARGS_ASYNC",
         "AIRFLOW__API__HOST": HOST,
         "AIRFLOW__API__PORT": str(settings.AIRFLOW_PORT),
         "AIRFLOW__API__BASE_URL": base_url,
@@ -121,14 +131,17 @@ class AirflowService(Service):
             pw_file.write_text(json.dumps({ADMIN_USER: local_secret(home, "airflow_admin_password")}) + "\n")
         pw_file.chmod(0o600)
         marker = airflow_home(home) / f".db-migrated-{version('apache-airflow')}"
-        if marker.exists() and (airflow_home(home) / "airflow.db").exists():
-            return
-        env = {**os.environ, **airflow_env(home)}
-        proc = subprocess.run([str(airflow_bin()), "db", "migrate"], env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
-            raise RuntimeError(f"airflow db migrate failed:\n{tail}")
-        marker.write_text("ok\n")
+        database = airflow_home(home) / "airflow.db"
+        if not (marker.exists() and database.exists()):
+            env = {**os.environ, **airflow_env(home)}
+            proc = subprocess.run([str(airflow_bin()), "db", "migrate"], env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
+                raise RuntimeError(f"airflow db migrate failed:\n{tail}")
+            marker.write_text("ok\n")
+        # Write-ahead logging lets the API read while the scheduler writes (the mode is stored in the file).
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
 
     def processes(self, home: StackHome) -> list[ProcessSpec]:
         env = airflow_env(home)
