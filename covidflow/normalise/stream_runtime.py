@@ -29,7 +29,9 @@ __all__ = ["APP_NAME", "Heartbeat", "NormaliserCache", "StreamConfig", "process_
 
 def state_dir() -> Path:
     """Durable home of the checkpoint and the heartbeat (COVIDFLOW_STREAM_STATE_DIR overrides)."""
-    default = Path(os.environ.get("COVIDFLOW_HOME", Path.home() / ".covidflow")) / "data" / "spark" / "normalise"
+    from covidflow.stack.home import StackHome
+
+    default = StackHome.from_env().root / "data" / "spark" / "normalise"
     return Path(os.environ.get("COVIDFLOW_STREAM_STATE_DIR", default))
 
 

@@ -168,7 +168,7 @@ def covidflow_query(*args: str) -> list[dict]:
 
 def test_samples_to_stores_and_query(tmp_path_factory: pytest.TempPathFactory) -> None:
     _require_services()
-    state = Path(os.environ.get("COVIDFLOW_E2E_STATE", Path.home() / ".covidflow" / "data" / "spark" / "e2e"))
+    state = Path(os.environ.get("COVIDFLOW_E2E_STATE", StackHome.from_env().root / "data" / "spark" / "e2e"))
     state.mkdir(parents=True, exist_ok=True)
     bad_dir = tmp_path_factory.mktemp("bad")
     bad = bad_dir / BAD_FILE

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from covidflow import PROJECT_ROOT, settings
+from covidflow.stack.home import StackHome
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yaml"
 ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
@@ -65,8 +66,7 @@ def _pinned_version() -> str:
 def _compose_binary() -> Path:
     if override := os.environ.get("COVIDFLOW_COMPOSE_BIN"):
         return Path(override)
-    home = Path(os.environ.get("COVIDFLOW_HOME", Path.home() / ".covidflow")).expanduser()
-    return home / "cache" / "compose" / _pinned_version() / "docker-compose"
+    return StackHome.from_env().root / "cache" / "compose" / _pinned_version() / "docker-compose"
 
 
 @pytest.fixture(scope="module")
