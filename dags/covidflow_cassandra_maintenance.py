@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 
 from covidflow import settings
-from covidflow.ops.callbacks import on_failure, on_retry
+from covidflow.ops.callbacks import dag_defaults, on_failure
 
 DOC = """
 ### covidflow Cassandra maintenance
@@ -40,13 +40,7 @@ Safe to run twice: it reads, and a second major compaction of a compacted table 
     tags=["covidflow", "maintenance", "cassandra"],
     doc_md=DOC,
     on_failure_callback=on_failure,
-    default_args={
-        "owner": "covidflow",
-        "on_failure_callback": on_failure,
-        "on_retry_callback": on_retry,
-        "retries": 1,
-        "retry_delay": timedelta(minutes=2),
-    },
+    default_args=dag_defaults(retries=1, retry_delay=timedelta(minutes=2)),
     params={
         "keyspace": Param(None, type=["null", "string"], description="Keyspace; default from maintenance.yaml"),
         "thresholds": Param({}, type="object", description="Per-run threshold overrides: metric -> max or rule"),

@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 
 from covidflow import settings
-from covidflow.ops.callbacks import on_failure, on_retry
+from covidflow.ops.callbacks import dag_defaults, on_failure
 
 DOC = """
 ### covidflow Elasticsearch rebuild from Cassandra
@@ -35,13 +35,7 @@ record already in an older index would be written again to the write index (see 
     tags=["covidflow", "maintenance", "elasticsearch", "cassandra"],
     doc_md=DOC,
     on_failure_callback=on_failure,
-    default_args={
-        "owner": "covidflow",
-        "on_failure_callback": on_failure,
-        "on_retry_callback": on_retry,
-        "retries": 1,
-        "retry_delay": timedelta(minutes=1),
-    },
+    default_args=dag_defaults(retries=1, retry_delay=timedelta(minutes=1)),
     params={
         "alias": Param(None, type=["null", "string"], description="Write alias; default from maintenance.yaml"),
         "keyspace": Param(None, type=["null", "string"], description="Keyspace; default from maintenance.yaml"),

@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 
 from covidflow import settings
-from covidflow.ops.callbacks import on_failure, on_retry
+from covidflow.ops.callbacks import dag_defaults, on_failure
 
 DOC = """
 ### covidflow Elasticsearch reindex (mapping version change)
@@ -39,13 +39,7 @@ Params: `alias`, `path` (`auto`/`server`/`client`), `grace_period_hours` (overri
     tags=["covidflow", "maintenance", "elasticsearch"],
     doc_md=DOC,
     on_failure_callback=on_failure,
-    default_args={
-        "owner": "covidflow",
-        "on_failure_callback": on_failure,
-        "on_retry_callback": on_retry,
-        "retries": 1,
-        "retry_delay": timedelta(minutes=1),
-    },
+    default_args=dag_defaults(retries=1, retry_delay=timedelta(minutes=1)),
     params={
         "alias": Param(None, type=["null", "string"], description="Write alias; default from maintenance.yaml"),
         "path": Param("auto", enum=["auto", "server", "client"], description="Copy path; auto detects the module"),

@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 
 from covidflow import settings
-from covidflow.ops.callbacks import on_failure, on_retry
+from covidflow.ops.callbacks import dag_defaults, on_failure
 
 DOC = """
 ### covidflow Elasticsearch rollover
@@ -38,13 +38,7 @@ Safe to run twice: a fresh write index meets no condition, and retention acts on
     tags=["covidflow", "maintenance", "elasticsearch"],
     doc_md=DOC,
     on_failure_callback=on_failure,
-    default_args={
-        "owner": "covidflow",
-        "on_failure_callback": on_failure,
-        "on_retry_callback": on_retry,
-        "retries": 2,
-        "retry_delay": timedelta(minutes=1),
-    },
+    default_args=dag_defaults(retries=2, retry_delay=timedelta(minutes=1)),
     params={
         "alias": Param(None, type=["null", "string"], description="Write alias; default from maintenance.yaml"),
         "conditions": Param({}, type="object", description="Rollover condition overrides, e.g. {'max_docs': 5}"),

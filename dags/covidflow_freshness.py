@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference, Param, get_current_context, task
 
 from covidflow import settings
-from covidflow.ops.callbacks import deadline_missed, on_failure, on_retry
+from covidflow.ops.callbacks import dag_defaults, deadline_missed, on_failure
 from covidflow.ops.config import freshness_config
 
 CFG = freshness_config()
@@ -27,8 +27,7 @@ with DAG(
     max_active_runs=1,
     tags=["covidflow", "ops", "freshness"],
     doc_md=__doc__,
-    default_args={"owner": "covidflow-ops", "retries": int(CFG["dag"]["retries"]), "retry_delay": timedelta(minutes=2),
-                  "on_failure_callback": on_failure, "on_retry_callback": on_retry},
+    default_args=dag_defaults(int(CFG["dag"]["retries"]), timedelta(minutes=2), owner="covidflow-ops"),
     on_failure_callback=on_failure,
     # null in config = no Deadline Alert (dag.test() in Airflow 3.3.2 cannot run a DAG that has one).
     deadline=DeadlineAlert(

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import dag, task
 
 from covidflow import settings
-from covidflow.ops.callbacks import on_failure
+from covidflow.ops.callbacks import dag_defaults, on_failure
 
 DOC = """
 ### covidflow Kafka topics
@@ -27,7 +27,7 @@ auto-creation is never relied on. Run it once after `covidflow stack up`, and af
     max_active_runs=1,
     tags=["covidflow", "kafka", "setup"],
     doc_md=DOC,
-    default_args={"owner": "covidflow-ingest", "retries": 2, "retry_delay": timedelta(seconds=30)},
+    default_args=dag_defaults(2, timedelta(seconds=30), owner="covidflow-ingest"),
     on_failure_callback=on_failure,
 )
 def covidflow_kafka_topics() -> None:

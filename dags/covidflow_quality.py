@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, get_current_context, task
 
-from covidflow.ops.callbacks import on_failure, on_retry
+from covidflow.ops.callbacks import dag_defaults, on_failure
 from covidflow.ops.config import quality_config
 
 CFG = quality_config()
@@ -26,8 +26,7 @@ with DAG(
     max_active_runs=1,
     tags=["covidflow", "ops", "quality"],
     doc_md=__doc__,
-    default_args={"owner": "covidflow-ops", "retries": int(CFG["dag"]["retries"]), "retry_delay": timedelta(minutes=2),
-                  "on_failure_callback": on_failure, "on_retry_callback": on_retry},
+    default_args=dag_defaults(int(CFG["dag"]["retries"]), timedelta(minutes=2), owner="covidflow-ops"),
     on_failure_callback=on_failure,
     params={
         "sources": Param([], type="array", description="Source ids to check; empty = every spec"),

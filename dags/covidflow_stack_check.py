@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import dag, task
 
 from covidflow import settings
-from covidflow.ops.callbacks import on_failure, on_retry
+from covidflow.ops.callbacks import dag_defaults, on_failure
 
 DOC = """
 ### covidflow stack check
@@ -35,13 +35,7 @@ Triggered by `make demo`; run by hand with `airflow dags test covidflow_stack_ch
     tags=["covidflow", "stack"],
     doc_md=DOC,
     on_failure_callback=on_failure,
-    default_args={
-        "owner": "covidflow",
-        "on_failure_callback": on_failure,
-        "on_retry_callback": on_retry,
-        "retries": 1,
-        "retry_delay": timedelta(seconds=10),
-    },
+    default_args=dag_defaults(retries=1, retry_delay=timedelta(seconds=10)),
 )
 def covidflow_stack_check() -> None:
     @task

@@ -10,7 +10,7 @@ from airflow.sdk import dag, task
 from covidflow import PROJECT_ROOT, settings
 from covidflow.normalise.stream_names import JOB_RELATIVE_PATH
 from covidflow.normalise.stream_operator import StreamSubmitOperator
-from covidflow.ops.callbacks import on_failure, on_retry
+from covidflow.ops.callbacks import dag_defaults, on_failure
 
 DOC = """
 ### covidflow stream (supervisor)
@@ -41,13 +41,8 @@ Why this shape, and how the operator's pitfalls with long-running jobs are avoid
     tags=["covidflow", "stream", "spark"],
     doc_md=DOC,
     on_failure_callback=on_failure,
-    default_args={
-        "owner": "covidflow",
-        "retries": 3,
-        "retry_delay": timedelta(seconds=30),
-        "on_failure_callback": on_failure,  # a dead stream after its retries is an on-call event
-        "on_retry_callback": on_retry,  # each restart of the stream leaves a greppable RETRY line
-    },
+    # A dead stream after its retries is an on-call event; each restart leaves a greppable RETRY line.
+    default_args=dag_defaults(3, timedelta(seconds=30)),
 )
 def covidflow_stream() -> None:
     @task

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from typing import Any
 
 log = logging.getLogger("covidflow.failures")
@@ -100,6 +101,17 @@ def on_retry(context: dict[str, Any]) -> None:
         log.warning(failure_line(context, "RETRY"))
     except Exception:  # pragma: no cover - defensive
         log.exception("retry callback could not summarise the context")
+
+
+def dag_defaults(retries: int, retry_delay: timedelta, owner: str = "covidflow") -> dict[str, Any]:
+    """``default_args`` of every covidflow DAG: explicit retries, and failures reported the one way."""
+    return {
+        "owner": owner,
+        "retries": retries,
+        "retry_delay": retry_delay,
+        "on_failure_callback": on_failure,
+        "on_retry_callback": on_retry,
+    }
 
 
 async def deadline_missed(context: dict[str, Any] | None = None, **kwargs: Any) -> None:
