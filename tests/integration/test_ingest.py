@@ -13,11 +13,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +29,6 @@ from covidflow import settings
 from covidflow.publish.config import CONFIG_DIR, topics_config
 from covidflow.publish.envelope import DEADLETTER_TOPIC, RAW_TOPIC
 from covidflow.publish.topics import ensure_topics
-from covidflow.stack.connections import airflow_conn_env
-from covidflow.stack.home import StackHome
 
 pytestmark = pytest.mark.integration
 
@@ -67,18 +63,6 @@ print("RESULT " + json.dumps({"state": str(dr.state), "run_id": dr.run_id, "asse
 
 
 @pytest.fixture(scope="module")
-def s3() -> Any:
-    from covidflow.stack.services.s3 import s3_client
-
-    client = s3_client(retries=1, timeout=5)
-    try:
-        client.list_buckets()
-    except Exception as exc:
-        pytest.fail(f"S3 is not reachable at {settings.S3_ENDPOINT} ({exc}); run `covidflow stack up s3`")
-    return client
-
-
-@pytest.fixture(scope="module")
 def kafka_topics() -> None:
     admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP, "log_level": 0})
     try:
@@ -86,37 +70,6 @@ def kafka_topics() -> None:
     except KafkaException as exc:
         pytest.fail(f"Kafka is not reachable at {settings.KAFKA_BOOTSTRAP} ({exc}); run `covidflow stack up kafka`")
     ensure_topics(admin, topics_config())
-
-
-@pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A private Airflow (SQLite) reading the repository's dags/, with the stack's connections."""
-    home = tmp_path_factory.mktemp("airflow-home")
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "COVIDFLOW_INGEST_CONFIG"))},
-        **airflow_conn_env(StackHome.from_env()),
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-    }
-    done = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return env
-
-
-@pytest.fixture()
-def bucket(s3: Any) -> Iterator[str]:
-    name = f"it-ingest-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=name)
-    yield name
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
-        for item in page.get("Contents", []):
-            s3.delete_object(Bucket=name, Key=item["Key"])
-    s3.delete_bucket(Bucket=name)
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ Unreachable services are failures, not skips. Needs: ``covidflow stack up s3 cas
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import uuid
@@ -27,8 +26,6 @@ from covidflow import settings
 from covidflow.land.manifest import S3Manifest
 from covidflow.land.objects import LandedObject
 from covidflow.publish.config import CONFIG_DIR
-from covidflow.stack.connections import airflow_conn_env
-from covidflow.stack.home import StackHome
 from covidflow.store.cassandra_schema import generate_cql, statements
 
 pytestmark = pytest.mark.integration
@@ -57,29 +54,6 @@ print("RESULT " + json.dumps({"state": str(dr.state), "run_id": dr.run_id, "tis"
 
 
 @pytest.fixture(scope="module")
-def s3() -> Any:
-    from covidflow.stack.services.s3 import s3_client
-
-    client = s3_client(retries=1, timeout=5)
-    try:
-        client.list_buckets()
-    except Exception as exc:
-        pytest.fail(f"S3 is not reachable at {settings.S3_ENDPOINT} ({exc}); run `covidflow stack up s3`")
-    return client
-
-
-@pytest.fixture()
-def bucket(s3: Any) -> Iterator[str]:
-    name = f"it-ops-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=name)
-    yield name
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
-        for item in page.get("Contents", []):
-            s3.delete_object(Bucket=name, Key=item["Key"])
-    s3.delete_bucket(Bucket=name)
-
-
-@pytest.fixture(scope="module")
 def cassandra() -> Iterator[Any]:
     try:
         cluster = Cluster([settings.CASSANDRA_HOST], port=settings.CASSANDRA_PORT, connect_timeout=10)
@@ -102,24 +76,6 @@ def es() -> Iterator[Elasticsearch]:
         pytest.fail(f"Elasticsearch is not reachable at {settings.ELASTICSEARCH_URL} ({exc})")
     yield client
     client.indices.delete(index=INDEX, ignore_unavailable=True)
-
-
-@pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    home = tmp_path_factory.mktemp("airflow-home")
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "COVIDFLOW_INGEST_CONFIG"))},
-        **airflow_conn_env(StackHome.from_env()),
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-    }
-    done = subprocess.run([str(ROOT / ".venv" / "bin" / "airflow"), "db", "migrate"], env=env, capture_output=True,
-                          text=True)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    return env
 
 
 def run_dag(env: dict[str, str], dag_id: str, conf: dict[str, Any]) -> tuple[dict[str, Any], str]:
