@@ -192,9 +192,11 @@ def test_ids_are_deterministic() -> None:
     assert [r["record_id"] for r in a] == [r["record_id"] for r in b]
 
 
-def test_samples_are_byte_identical_to_shared_copies_when_available() -> None:
-    shared = Path("/work/shared/datasets/covid")
-    if not shared.exists():
-        pytest.skip("shared datasets not mounted")  # a skip here is not counted as a pass of anything else
-    for path in shared.glob("*/*"):
-        assert (SAMPLES / path.parent.name / path.name).read_bytes() == path.read_bytes(), path
+def test_every_bundled_sample_carries_its_attribution() -> None:
+    """The project stands alone: each sample is in the repo with a SOURCE.md naming origin and licence."""
+    from covidflow.catalog.specs import load_all
+
+    for spec in load_all().values():
+        assert spec.sample_path is not None and spec.sample_path.is_file(), spec.id
+        source_md = (spec.sample_path.parent / "SOURCE.md").read_text(encoding="utf-8")
+        assert "## Origin" in source_md and "licen" in source_md.lower(), spec.id
