@@ -65,11 +65,10 @@ def preview_samples(specs: dict[str, SourceSpec]) -> tuple[dict[str, int], int]:
 
 
 def run_dags(client, dag_ids: list[str], timeout: float = 900) -> dict[str, str]:
-    """Trigger the DAGs together, then wait for each; returns dag id -> final state."""
-    runs = {dag_id: client.trigger(dag_id) for dag_id in dag_ids}
+    """Run the DAGs one after the other (kind to Airflow's SQLite); returns dag id -> final state."""
     states = {}
-    for dag_id, run_id in runs.items():
-        state, tasks = client.wait(dag_id, run_id, timeout=timeout)
+    for dag_id in dag_ids:
+        state, tasks = client.wait(dag_id, client.trigger(dag_id), timeout=timeout)
         states[dag_id] = state
         failed = {t: s for t, s in tasks.items() if s not in ("success", "skipped")}
         print(f"  {dag_id:<44} {state}" + (f"  tasks not ok: {failed}" if failed else ""), flush=True)
@@ -140,10 +139,12 @@ def main() -> int:
     step("2. read each sample through its spec locally (streaming reader + normalisation core)")
     expected, rejects = preview_samples(specs)
     step("3. Airflow: create the Kafka topics, start the supervised Spark stream, run one ingest DAG per source")
+    ingest_dags = [f"ingest_{source_id}" for source_id in keys]
+    client.wait_for_dags(["covidflow_stack_check", "covidflow_kafka_topics", "covidflow_stream", *ingest_dags])
     states = run_dags(client, ["covidflow_stack_check", "covidflow_kafka_topics"], timeout=300)
     stream_run = client.trigger("covidflow_stream")  # its submit task lives as long as the stream
     print(f"  covidflow_stream triggered ({stream_run}): it starts the job from its checkpoint unless one runs")
-    states |= run_dags(client, [f"ingest_{source_id}" for source_id in keys])
+    states |= run_dags(client, ingest_dags)
     step("4. wait for the stream to write every record to Cassandra and Elasticsearch")
     published = {s: (key, etag, published_vintage(s, key, etag)) for s, (key, etag) in keys.items()}
     counts = wait_for_stores(published, expected)

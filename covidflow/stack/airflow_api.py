@@ -42,10 +42,9 @@ class AirflowClient:
     def __init__(self, home: StackHome | None = None) -> None:
         from covidflow.stack.services.airflow import ADMIN_USER, admin_password
 
-        status, body = request("POST", "/auth/token", {"username": ADMIN_USER, "password": admin_password(home)})
-        if status != 201:
-            raise AirflowApiError(f"login as {ADMIN_USER} failed: HTTP {status} {body}")
-        self.token = body["access_token"]
+        self.token = ""
+        login = {"username": ADMIN_USER, "password": admin_password(home)}
+        self.token = self.call("POST", "/auth/token", login, ok=(201,), patience=120)["access_token"]
 
     def call(
         self,
@@ -53,22 +52,39 @@ class AirflowClient:
         path: str,
         body: dict[str, Any] | None = None,
         ok: tuple[int, ...] = (200,),
-        patience: float = 120,
+        patience: float = 180,
     ) -> dict:
-        """One call; a 5xx (e.g. SQLite busy) or a 404 (a DAG not parsed yet) is retried for ``patience`` s."""
+        """One call, retried for ``patience`` s on what passes: a 5xx or a time-out (SQLite busy while the
+        scheduler writes), a 404 (a DAG the dag-processor has not parsed yet)."""
         deadline = time.monotonic() + patience
         while True:
-            status, answer = request(method, path, body, self.token)
+            try:
+                status, answer = request(method, path, body, self.token, timeout=30)
+            except OSError as exc:  # timed out, or the connection was reset
+                status, answer = 0, {"error": str(exc)}
             if status in ok:
                 return answer
-            if not (status >= 500 or status == 404) or time.monotonic() > deadline:
+            if not (status == 0 or status >= 500 or status == 404) or time.monotonic() > deadline:
                 raise AirflowApiError(f"{method} {path}: HTTP {status} {answer}")
             time.sleep(2)
+
+    def wait_for_dags(self, dag_ids: list[str], timeout: float = 300) -> None:
+        """Block until the dag-processor has parsed every one of ``dag_ids`` (a fresh Airflow needs a moment)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            known = {d["dag_id"] for d in self.call("GET", "/api/v2/dags?limit=1000")["dags"]}
+            missing = sorted(set(dag_ids) - known)
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise AirflowApiError(f"DAGs not parsed after {timeout:.0f} s: {', '.join(missing)}")
+            time.sleep(3)
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
         """Unpause ``dag_id`` and start a run now; returns the run id."""
         dag = f"/api/v2/dags/{dag_id}"
-        self.call("PATCH", dag, {"is_paused": False})
+        if self.call("GET", dag)["is_paused"]:  # write only when needed: SQLite has one writer at a time
+            self.call("PATCH", dag, {"is_paused": False})
         run = self.call("POST", f"{dag}/dagRuns", {"logical_date": None, "conf": conf or {}})
         return run["dag_run_id"]
 
