@@ -8,11 +8,9 @@ identical file keeps its etag (nothing to do), a corrected file gets a new etag 
 from __future__ import annotations
 
 import fnmatch
-import posixpath
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -83,20 +81,17 @@ def object_vintage(spec: Mapping[str, Any], obj: LandedObject) -> str:
 
     ``file_name``: the date (and hour/minute) in the object name; ``landed_at`` and the fallback: the object's
     LastModified. ``column`` vintages are per row: the envelope then carries landed_at and the normaliser
-    reads the column. Mirrors ``Normaliser.vintage_of`` for the object-level cases (kept here, read-only core).
+    reads the column. The file-name rule itself is the core's ``name_vintage``.
     """
+    from covidflow.normalise.core import name_vintage
+
     rule = spec.get("vintage") or {"from": "landed_at"}
-    if rule.get("from") == "file_name" and rule.get("pattern"):
-        m = re.search(rule["pattern"], posixpath.basename(obj.key))
-        if m:
-            try:
-                day = datetime.strptime(m.group("date"), rule.get("format", "%Y-%m-%d")).date()
-            except ValueError:
-                day = None
-            if day is not None:
-                groups = m.groupdict()
-                if groups.get("hour") is None and groups.get("minute") is None:
-                    return day.isoformat()
-                hm = time(int(groups.get("hour") or 0), int(groups.get("minute") or 0))
-                return datetime.combine(day, hm, tzinfo=UTC).isoformat()
+    if rule.get("from") == "file_name":
+        try:
+            named = name_vintage(rule, obj.key)
+        except ValueError:  # the name matches but its date does not parse: fall back to the landing time
+            named = None
+        if named:
+            day, hm = named
+            return day.isoformat() if hm is None else datetime.combine(day, hm, tzinfo=UTC).isoformat()
     return obj.last_modified

@@ -86,6 +86,25 @@ def _parse_date(text: str, fmt: str) -> date:
     return datetime.strptime(text.strip(), fmt).date()
 
 
+def name_vintage(
+    rule: dict[str, Any], object_key: str, pattern: re.Pattern[str] | None = None
+) -> tuple[date, time | None] | None:
+    """The publication day (and hour:minute, if the pattern has them) in an object's name, per a ``file_name``
+    vintage rule. None when the name does not match; ValueError when it matches but the date does not parse.
+
+    The one implementation of the rule: the publisher uses it for a whole object, the core per record.
+    """
+    regex = pattern or (re.compile(rule["pattern"]) if rule.get("pattern") else None)
+    m = regex.search(posixpath.basename(object_key)) if regex else None
+    if not m:
+        return None
+    day = _parse_date(m.group("date"), rule.get("format", "%Y-%m-%d"))
+    groups = m.groupdict()
+    if groups.get("hour") is None and groups.get("minute") is None:
+        return day, None
+    return day, time(int(groups.get("hour") or 0), int(groups.get("minute") or 0))
+
+
 def _load_hook(name: str) -> Callable[[dict[str, Any]], Iterable[dict[str, Any]]]:
     """Hooks live inside covidflow.sources.hooks only: specs can never name arbitrary code."""
     if not name.startswith(HOOK_PREFIX):
@@ -310,12 +329,10 @@ class Normaliser:
         """When the source published the value, and how we know (file_name | column | landed_at)."""
         rule = self.vintage
         if rule["from"] == "file_name":
-            m = self.vintage_rx.search(posixpath.basename(prov.object_key)) if self.vintage_rx else None
-            if m:
-                day = _parse_date(m.group("date"), rule.get("format", "%Y-%m-%d"))
-                groups = m.groupdict()
-                hm = time(int(groups.get("hour") or 0), int(groups.get("minute") or 0))
-                return datetime.combine(day, hm, tzinfo=UTC), "file_name"
+            named = name_vintage(rule, prov.object_key, self.vintage_rx)
+            if named:
+                day, hm = named
+                return datetime.combine(day, hm or time(), tzinfo=UTC), "file_name"
             if rule.get("fallback") != "landed_at":
                 raise _RowReject("(vintage)", "object name does not match the vintage pattern", prov.object_key)
         elif rule["from"] == "column":

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from covidflow.read.base import RawRecord, RawReject, ReaderError, ReaderOptions
+from covidflow.read.base import RawRecord, RawReject, ReaderError
 from covidflow.read.binary import PARQUET_OPTIONS, XLSX_OPTIONS, read_parquet, read_xlsx
 from covidflow.read.compression import COMPRESSION_OPTIONS
 from covidflow.read.delimited import CSV_OPTIONS, read_csv
@@ -26,7 +26,6 @@ __all__ = [
     "RawRecord",
     "RawReject",
     "ReaderError",
-    "ReaderOptions",
     "open_records",
     "read_records",
 ]

@@ -8,7 +8,7 @@ Either way the message names the file, and the row or record, so on-call can fin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -38,14 +38,6 @@ class ReaderError(Exception):
         where = f" line {line}" if line is not None else (f" record {index}" if index is not None else "")
         super().__init__(f"{file}{where}: {reason}")
         self.file, self.reason, self.line, self.index = file, reason, line, index
-
-
-@dataclass(frozen=True)
-class ReaderOptions:
-    """Reader options as a spec states them; unknown formats/options are rejected by the spec schema."""
-
-    format: str
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 def reject(file: str, index: int, reason: str, *, line: int | None = None, excerpt: str = "") -> RawReject:
