@@ -39,6 +39,9 @@ reset: venv  ## Stop the stack and wipe its data (asks first).
 demo: up  ## Bring the stack up and run the main job on the bundled sample data.
 	$(BIN)/python -m covidflow.demo
 
+audit:  ## pip-audit over constraints.txt (exit 1: vulnerable or partial; 3: no vulnerability service reachable).
+	bash scripts/audit.sh
+
 lint: venv  ## ruff, as CI runs it.
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -63,4 +66,4 @@ test: venv  ## Everything: lint, unit and DAG tests, then the stack and the inte
 bench: venv  ## Benchmarks (see bench/README.md).
 	$(BIN)/python bench/read_throughput.py
 
-.PHONY: help venv lock compose browser up status down reset demo lint unit integration test bench
+.PHONY: help venv lock compose browser up status down reset demo audit lint unit integration test bench

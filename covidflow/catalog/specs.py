@@ -163,7 +163,12 @@ def load_spec(path: Path | str) -> SourceSpec:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
-        raise SpecError([SpecProblem(name, line, "", f"YAML syntax: {getattr(exc, 'problem', exc)}")]) from None
+        what = (
+            "YAML tag refused (specs are plain data)"
+            if isinstance(exc, yaml.constructor.ConstructorError)
+            else ("YAML syntax")
+        )
+        raise SpecError([SpecProblem(name, line, "", f"{what}: {getattr(exc, 'problem', exc)}")]) from None
     if not isinstance(data, dict) or node is None:
         raise SpecError([SpecProblem(name, 1, "", "a spec must be a YAML mapping")])
     lines = _lines(node)

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from covidflow.land.keys import UnsafeObjectKey, check_object_key
+
 
 @dataclass(frozen=True)
 class LandedObject:
@@ -58,13 +60,27 @@ def from_listing(bucket: str, item: Mapping[str, Any]) -> LandedObject:
 
 
 def matches(key: str, prefix: str, patterns: Iterable[str]) -> bool:
-    """Is ``key`` one of the source's files: under the prefix (not deeper) and matching a pattern."""
-    if not key.startswith(prefix):
-        return False
-    name = key[len(prefix) :]
-    if not name or "/" in name:
+    """Is ``key`` one of the source's files: a safe key directly under the prefix, matching a pattern."""
+    try:
+        name = check_object_key(key, prefix)
+    except UnsafeObjectKey:
         return False
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def unsafe_keys(objects: Iterable[LandedObject], prefix: str) -> list[str]:
+    """Why each listed key under the prefix is refused (traversal, control characters...), for the task log.
+
+    ``matches`` already skips these; listing them keeps a hostile or mistyped upload from vanishing silently.
+    """
+    reasons = []
+    for obj in objects:
+        try:
+            check_object_key(obj.key, prefix)
+        except UnsafeObjectKey as exc:
+            if obj.key.startswith(prefix):
+                reasons.append(str(exc))
+    return reasons
 
 
 def select_new(

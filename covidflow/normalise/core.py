@@ -11,6 +11,7 @@ Nothing is dropped silently: a value becomes a record, a ``Reject`` (with file, 
 from __future__ import annotations
 
 import importlib
+import inspect
 import posixpath
 import re
 from collections.abc import Callable, Iterable
@@ -107,10 +108,13 @@ def name_vintage(
 
 def _load_hook(name: str) -> Callable[[dict[str, Any]], Iterable[dict[str, Any]]]:
     """Hooks live inside covidflow.sources.hooks only: specs can never name arbitrary code."""
-    if not name.startswith(HOOK_PREFIX):
-        raise ValueError(f"hook {name!r} must be under {HOOK_PREFIX}")
     module, _, func = name.rpartition(".")
-    return getattr(importlib.import_module(module), func)
+    if module != HOOK_PREFIX.rstrip(".") or not func.isidentifier() or func.startswith("_"):
+        raise ValueError(f"hook {name!r} must be a public function directly in {HOOK_PREFIX.rstrip('.')}")
+    hook = getattr(importlib.import_module(module), func, None)
+    if not inspect.isfunction(hook) or hook.__module__ != module:  # not a name hooks.py merely imports
+        raise ValueError(f"hook {name!r}: no such function in {module}")
+    return hook
 
 
 class Normaliser:

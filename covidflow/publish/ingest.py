@@ -12,7 +12,7 @@ from typing import Any
 
 from covidflow import settings
 from covidflow.land.manifest import S3Manifest
-from covidflow.land.objects import LandedObject, from_listing, select_new
+from covidflow.land.objects import LandedObject, from_listing, select_new, unsafe_keys
 from covidflow.publish.config import ingest_config
 from covidflow.publish.envelope import DEADLETTER_TOPIC, RAW_TOPIC
 from covidflow.publish.kafka import (
@@ -57,6 +57,8 @@ def select_new_objects(source_id: str, bucket: str) -> list[dict[str, Any]]:
     objects = list_objects(client, bucket, landing["prefix"])
     seen = S3Manifest(client, bucket, ingest_config()["manifest"]["prefix"]).seen(source_id)
     new = select_new(objects, seen, landing["prefix"], landing["patterns"])
+    for reason in unsafe_keys(objects, landing["prefix"]):
+        log.warning("%s; the object is skipped (s3://%s)", reason, bucket)
     log.info(
         "s3://%s/%s: %d object(s) listed, %d already published, %d new: %s",
         bucket,

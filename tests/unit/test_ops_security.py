@@ -18,9 +18,9 @@ import pytest
 
 from covidflow import PROJECT_ROOT
 from covidflow.catalog.specs import SpecError, load_spec
-from covidflow.land.objects import LandedObject, matches, select_new
+from covidflow.land.keys import UnsafeObjectKey, check_object_key, local_path_for
+from covidflow.land.objects import LandedObject, matches, select_new, unsafe_keys
 from covidflow.normalise.core import _load_hook
-from covidflow.ops.keys import UnsafeObjectKey, check_object_key, local_path_for
 from covidflow.read import ReaderError, read_records
 from covidflow.sources.hooks import drop_blank_rows
 
@@ -43,7 +43,8 @@ def test_python_object_tag_is_refused_and_never_constructed(tmp_path: Path) -> N
         load_spec(spec)
     message = str(err.value)
     assert message.startswith(f"{spec}:")
-    assert "could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'" in message
+    assert "YAML tag refused (specs are plain data): could not determine a constructor for the tag " in message
+    assert "'tag:yaml.org,2002:python/object/apply:os.system'" in message
     assert not marker.exists()
 
 
@@ -97,10 +98,25 @@ def test_every_yaml_load_in_the_code_uses_a_safe_loader() -> None:
 
 @pytest.mark.parametrize(
     "hook",
-    ["os.system", "subprocess.run", "covidflow.sources.hooks_evil.run", "covidflow.sources.hook.x", "/tmp/evil.run"],
+    [
+        "os.system",
+        "subprocess.run",
+        "covidflow.sources.hooks_evil.run",
+        "covidflow.sources.hook.x",
+        "/tmp/evil.run",
+        "covidflow.sources.hooks.os.system",  # a module imported by hooks.py is not a hook
+        "covidflow.sources.hooks._private",
+    ],
 )
 def test_a_hook_outside_the_package_is_refused_by_the_loader(hook: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(f"hook {hook!r} must be under covidflow.sources.hooks.")):
+    with pytest.raises(ValueError, match=re.escape(f"hook {hook!r} must be a public function directly in")):
+        _load_hook(hook)
+
+
+@pytest.mark.parametrize("hook", ["covidflow.sources.hooks.no_such_hook", "covidflow.sources.hooks.Any"])
+def test_a_hook_that_is_not_a_function_of_the_module_is_refused(hook: str) -> None:
+    """``Any`` is imported by hooks.py for its annotations: callable, but only hooks.py's own functions count."""
+    with pytest.raises(ValueError, match=re.escape(f"hook {hook!r}: no such function in covidflow.sources.hooks")):
         _load_hook(hook)
 
 
@@ -154,11 +170,19 @@ def test_the_ingest_selection_never_picks_a_traversal_key() -> None:
     assert [o.key for o in select_new(objects, set(), "spf/vacsi/", ["*"])] == ["spf/vacsi/vacsi-dep.csv"]
 
 
-def test_a_dot_dot_name_under_the_prefix_is_caught_by_the_key_check() -> None:
-    """``matches`` accepts the name '..' for a '*' pattern (gap reported); the key check refuses it."""
-    assert matches("spf/vacsi/..", "spf/vacsi/", ["*"])
-    with pytest.raises(UnsafeObjectKey, match="path traversal"):
-        check_object_key("spf/vacsi/..", "spf/vacsi/")
+def test_a_dot_dot_name_under_the_prefix_is_refused_and_reported() -> None:
+    objects = [
+        LandedObject("b", "spf/vacsi/..", "e1", 1, "2024-01-01T00:00:00+00:00"),
+        LandedObject("b", "spf/vacsi/bad\x07name.csv", "e2", 1, "2024-01-01T00:00:00+00:00"),
+        LandedObject("b", "spf/vacsi/vacsi-dep.csv", "e3", 1, "2024-01-01T00:00:00+00:00"),
+        LandedObject("b", "other/../x.csv", "e4", 1, "2024-01-01T00:00:00+00:00"),  # not this source's: not reported
+    ]
+    assert not matches("spf/vacsi/..", "spf/vacsi/", ["*"])
+    assert [o.key for o in select_new(objects, set(), "spf/vacsi/", ["*"])] == ["spf/vacsi/vacsi-dep.csv"]
+    assert unsafe_keys(objects, "spf/vacsi/") == [
+        "S3 key 'spf/vacsi/..' rejected: path traversal ('..' or '.' segment)",
+        "S3 key 'spf/vacsi/bad\\x07name.csv' rejected: contains control characters",
+    ]
 
 
 def test_a_local_path_never_escapes_its_base(tmp_path: Path) -> None:
