@@ -24,6 +24,7 @@ from covidflow import PROJECT_ROOT, settings
 from covidflow.catalog.locations import LocationRegistry, load_registry
 from covidflow.catalog.metrics import Metric, load_metrics
 from covidflow.catalog.specs import spec_paths
+from covidflow.ops.config import freshness_config
 from covidflow.show import es_queries as q
 
 log = logging.getLogger(__name__)
@@ -383,9 +384,29 @@ def fastest_growing(
     return {"metric": metric, "kind": m.kind, "week_end": day.isoformat(), "level": level, "places": rows}
 
 
-@router.get("/freshness", summary="Per source: last vintage, last ingestion, newest date, document count")
-def freshness(be: BackendDep, index: AliasDep) -> dict[str, Any]:
-    return {"sources": q.parse_freshness(be.search(index, q.freshness_query()))}
+@router.get(
+    "/freshness",
+    summary="Per source: last vintage, last ingestion, newest date, document count, and the last ops checks",
+)
+def freshness(request: Request, be: BackendDep, index: AliasDep) -> dict[str, Any]:
+    sources = {s["source_id"]: s for s in q.parse_freshness(be.search(index, q.freshness_query()))}
+    report_index = request.app.state.report_index
+    try:
+        checks = q.parse_checks(be.search(report_index, q.checks_query()))
+    except DashboardError as exc:  # no ops run yet (index missing), or the report index unreadable
+        log.info("no ops checks from %s: %s", report_index, exc.message)
+        checks = {}
+    # A source judged (late, say) with no data indexed at all is listed too, so a silent source shows on the panel;
+    # a test alias (``<alias>-test-*``) lists only what it holds, since the report index covers the real one.
+    judged_only = checks.keys() - sources.keys() if index == be.alias else set()
+    for source_id in judged_only:
+        sources[source_id] = {"source_id": source_id, "documents": 0, "last_vintage": None,
+                              "last_ingested_at": None, "last_date": None}  # fmt: skip
+    empty = {"freshness": None, "quality": None}
+    return {
+        "report_index": report_index,
+        "sources": [{**sources[k], **checks.get(k, empty)} for k in sorted(sources)],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -394,14 +415,22 @@ def freshness(be: BackendDep, index: AliasDep) -> dict[str, Any]:
 
 
 def create_app(
-    *, alias: str | None = None, client_factory: Callable[[], Any] | None = None, static_dir: Path | None = None
+    *,
+    alias: str | None = None,
+    client_factory: Callable[[], Any] | None = None,
+    static_dir: Path | None = None,
+    report_index: str | None = None,
 ) -> FastAPI:
-    """The dashboard app: the API, plus the page and its assets when ``static_dir`` is given (the plugin)."""
+    """The dashboard app: the API, plus the page and its assets when ``static_dir`` is given (the plugin).
+
+    ``report_index`` is where the freshness and quality DAGs write (include/config/freshness.yaml by default).
+    """
     app = FastAPI(
         title="covidflow dashboard API",
         version="1",
         description="Aggregations over the covidflow observations index (latest vintage of each point).",
     )
+    app.state.report_index = report_index or freshness_config()["elasticsearch"]["index"]
     app.state.backend = Backend(
         alias or os.environ.get("COVIDFLOW_DASHBOARD_ALIAS", DEFAULT_ALIAS), client_factory or client_from_connection
     )

@@ -155,6 +155,43 @@ def parse_freshness(resp: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+_CHECK = {"sort": [{"@timestamp": "desc"}], "size": 1, "_source": ["status", "message", "@timestamp", "run_id"]}
+
+
+def checks_query() -> dict[str, Any]:
+    """Per source: the newest freshness verdict and quality summary that the ops DAGs wrote (covidflow.ops.report)."""
+    quality = {"bool": {"filter": [{"term": {"kind": "quality"}}, {"term": {"check": "summary"}}]}}
+    return {
+        "size": 0,
+        "track_total_hits": False,
+        "aggs": {
+            "source": {
+                "terms": {"field": "source_id", "size": 200},
+                "aggs": {
+                    "freshness": {"filter": {"term": {"kind": "freshness"}}, "aggs": {"last": {"top_hits": _CHECK}}},
+                    "quality": {"filter": quality, "aggs": {"last": {"top_hits": _CHECK}}},
+                },
+            }
+        },
+    }
+
+
+def parse_checks(resp: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any] | None]]:
+    """source -> {"freshness": {status, message, checked_at, run_id} or None, "quality": ...}."""
+    out: dict[str, dict[str, dict[str, Any] | None]] = {}
+    for b in resp["aggregations"]["source"]["buckets"]:
+        out[b["key"]] = {}
+        for kind in ("freshness", "quality"):
+            hits = b[kind]["last"]["hits"]["hits"]
+            doc = hits[0]["_source"] if hits else None
+            out[b["key"]][kind] = (
+                {"status": doc.get("status"), "message": doc.get("message"), "checked_at": doc.get("@timestamp"),
+                 "run_id": doc.get("run_id")}
+                if doc else None
+            )  # fmt: skip
+    return out
+
+
 def coverage_query(metric: str | None = None) -> dict[str, Any]:
     """Which metrics exist, at which levels, from which sources, over which dates (to fill the filters)."""
     query = {"bool": {"filter": [{"term": {"metric": metric}}]}} if metric else {"match_all": {}}

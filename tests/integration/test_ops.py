@@ -92,6 +92,18 @@ def docs(es: Elasticsearch, run_id: str) -> list[dict[str, Any]]:
     return sorted((h["_source"] for h in hits), key=lambda d: (d["source_id"], d["check"], d.get("series", "")))
 
 
+def dashboard_checks(es: Elasticsearch) -> dict[str, dict[str, Any]]:
+    """What the dashboard's freshness panel shows per source (its API, reading this test's report index)."""
+    from fastapi.testclient import TestClient
+
+    from covidflow.show.api import create_app
+
+    es.indices.refresh(index=INDEX)
+    resp = TestClient(create_app(client_factory=lambda: es, report_index=INDEX)).get("/api/freshness")
+    assert resp.status_code == 200, resp.text
+    return {s["source_id"]: s for s in resp.json()["sources"]}
+
+
 # -- freshness --------------------------------------------------------------------------------------------------
 
 
@@ -138,6 +150,10 @@ def test_a_source_whose_files_stop_arriving_is_reported_late(
     ]
     assert found[0]["message"] == late_line
     assert found[1]["signals"] == {"manifest": "2022-11-27T00:00:00Z", "store": "2022-11-27T00:00:00Z"}
+    panel = dashboard_checks(es)
+    assert panel["spf_vacsi"]["freshness"]["status"] == "late"
+    assert panel["spf_vacsi"]["freshness"]["message"] == late_line
+    assert panel["who_covid19_global_weekly"]["freshness"]["status"] == "ok"
 
 
 # -- dead broker ------------------------------------------------------------------------------------------------
@@ -212,6 +228,8 @@ def test_the_quality_report_lands_in_elasticsearch(
         ("summary", "warning", ""),
     ]
     assert found[2]["message"] == "0 blocking, 2 warning(s) over 5 records"
+    quality = dashboard_checks(es)["spf_vacsi"]["quality"]
+    assert (quality["status"], quality["message"]) == ("warning", "0 blocking, 2 warning(s) over 5 records")
     assert found[1]["message"] == (
         "WARNING cumulative_drop spf_vacsi [FR-D01|vaccinated_first_dose_cumulative|day||||]: "
         "cumulative series goes down 1 time(s): 2021-05-01=100 -> 2021-05-02=90"

@@ -135,3 +135,52 @@ def test_geo_has_one_shape_per_department() -> None:
     assert len(keys) == len(set(keys)) == 101
     assert all(d["path"].startswith(("m", "M")) and d["region_key"].startswith("FR-R") for d in geo["departments"])
     assert (PROJECT_ROOT / "include/geo/fr_departments.json").stat().st_size < 500_000
+
+
+class ByIndex:
+    """Answers per index (canned aggregation responses); an index without an answer is missing (404)."""
+
+    def __init__(self, answers: dict[str, dict]) -> None:
+        self.answers = answers
+
+    def search(self, *, index: str, body: dict) -> dict:
+        if index not in self.answers:
+            from elasticsearch import NotFoundError
+
+            raise NotFoundError("index_not_found_exception", META, {"error": "no such index"})
+        return self.answers[index]
+
+
+OBSERVATIONS = {"aggregations": {"source": {"buckets": [
+    {"key": "spf_vacsi", "doc_count": 12, "vintage": {"value_as_string": "2022-11-20T00:00:00.000Z"},
+     "ingested": {"value_as_string": "2022-11-21T08:00:00.000Z"}, "date": {"value_as_string": "2022-11-19"}},
+]}}}  # fmt: skip
+
+
+def _hit(status: str, message: str) -> dict:
+    source = {"status": status, "message": message, "@timestamp": "2022-12-01T06:00:05Z", "run_id": "r1"}
+    return {"last": {"hits": {"hits": [{"_source": source}]}}}
+
+
+CHECKS = {"aggregations": {"source": {"buckets": [
+    {"key": "spf_vacsi", "freshness": _hit("late", "LATE spf_vacsi: ..."), "quality": {"last": {"hits": {"hits": []}}}},
+    {"key": "who_covid19_global_weekly", "freshness": _hit("late", "LATE who: never seen"),
+     "quality": _hit("warning", "0 blocking, 2 warning(s) over 5 records")},
+]}}}  # fmt: skip
+
+
+def test_freshness_panel_shows_the_last_ops_checks_per_source() -> None:
+    es = ByIndex({"covid-observations": OBSERVATIONS, "covidflow-quality": CHECKS})
+    body = client_for(es).get("/api/freshness").json()
+    assert body["report_index"] == "covidflow-quality"
+    vacsi, who = body["sources"]
+    assert (vacsi["documents"], vacsi["freshness"]["status"], vacsi["quality"]) == (12, "late", None)
+    # judged late but never indexed: still listed, so a silent source shows up on the panel
+    assert (who["source_id"], who["documents"], who["last_vintage"]) == ("who_covid19_global_weekly", 0, None)
+    assert who["quality"] == {"status": "warning", "message": "0 blocking, 2 warning(s) over 5 records",
+                              "checked_at": "2022-12-01T06:00:05Z", "run_id": "r1"}  # fmt: skip
+
+
+def test_freshness_panel_without_any_ops_run_yet() -> None:
+    body = client_for(ByIndex({"covid-observations": OBSERVATIONS})).get("/api/freshness").json()
+    assert [(s["source_id"], s["freshness"], s["quality"]) for s in body["sources"]] == [("spf_vacsi", None, None)]

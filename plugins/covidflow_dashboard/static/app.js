@@ -163,11 +163,24 @@ async function loadGrowth() {
       `<td class="num">${p.change_pct == null ? "new" : (p.change_pct > 0 ? "+" : "") + fmt(p.change_pct) + " %"}</td></tr>`).join("");
 }
 
+function escapeHtml(text) {
+  return String(text ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
+
+// The last freshness verdict / quality summary of the ops DAGs; the full message is in the tooltip.
+function checkCell(check) {
+  if (!check) return '<td class="check">not checked</td>';
+  return `<td class="check ${escapeHtml(check.status)}" title="${escapeHtml(check.message)} (${escapeHtml(check.checked_at)})">` +
+    `${escapeHtml(check.status)}</td>`;
+}
+
 async function loadFreshness() {
   const data = await api("freshness", { alias: state.alias });
-  $("freshness").innerHTML = '<tr><th>Source</th><th>Last vintage</th><th>Last ingestion</th><th>Newest date</th><th class="num">Docs</th></tr>' +
-    data.sources.map((s) => `<tr><td>${s.source_id}</td><td>${(s.last_vintage || "").replace(".000Z", "Z")}</td>` +
-      `<td>${(s.last_ingested_at || "").replace(".000Z", "Z")}</td><td>${s.last_date || ""}</td><td class="num">${s.documents}</td></tr>`).join("");
+  $("freshness").innerHTML = '<tr><th>Source</th><th>Last vintage</th><th>Last ingestion</th><th>Newest date</th>' +
+    '<th class="num">Docs</th><th>Freshness</th><th>Quality</th></tr>' +
+    data.sources.map((s) => `<tr><td>${escapeHtml(s.source_id)}</td><td>${(s.last_vintage || "").replace(".000Z", "Z")}</td>` +
+      `<td>${(s.last_ingested_at || "").replace(".000Z", "Z")}</td><td>${s.last_date || ""}</td><td class="num">${s.documents}</td>` +
+      checkCell(s.freshness) + checkCell(s.quality) + "</tr>").join("");
 }
 
 async function run(tasks) {
