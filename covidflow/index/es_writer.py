@@ -18,6 +18,7 @@ from covidflow.normalise.stream import es_actions
 
 log = logging.getLogger(__name__)
 _CLIENTS: dict[str, Any] = {}
+ID_LOOKUP_CHUNK = 5000  # ids per lookup, well under the default max_result_window (10,000)
 
 
 def client(url: str | None = None) -> Any:
@@ -51,10 +52,31 @@ def ensure_index(es: Any, schema: ObservationSchema | None = None) -> str:
 
 
 class EsWriter:
-    def __init__(self, es: Any, schema: ObservationSchema | None = None, *, retry_for: float = 600.0) -> None:
+    def __init__(
+        self, es: Any, schema: ObservationSchema | None = None, *, retry_for: float = 600.0, alias: str | None = None
+    ) -> None:
         self.es = es
-        self.alias = write_alias(schema)
+        self.alias = alias or write_alias(schema)
         self.retry_for = retry_for
+
+    def already_in_older_indices(self, ids: list[str]) -> set[str]:
+        """Ids already held by an index the alias no longer writes to: a batch replayed after a rollover.
+
+        ``_id = record_id`` makes a replay overwrite in place, but only within one index: after a rollover the
+        write alias points at a new index, and indexing the same id there would make a second copy. A record id
+        is a hash of the record's identity and vintage, so the copy already indexed is the same record.
+        """
+        indices = self.es.indices.get_alias(name=self.alias)
+        older = [name for name, body in indices.items() if not body["aliases"][self.alias].get("is_write_index")]
+        if len(indices) < 2 or not older:
+            return set()
+        found: set[str] = set()
+        for start in range(0, len(ids), ID_LOOKUP_CHUNK):
+            chunk = ids[start : start + ID_LOOKUP_CHUNK]
+            resp = self.es.search(index=",".join(sorted(older)), query={"ids": {"values": chunk}}, size=len(chunk),
+                                  source=False, track_total_hits=False)  # fmt: skip
+            found.update(hit["_id"] for hit in resp["hits"]["hits"])
+        return found
 
     def write(self, records: Iterable[dict[str, Any]]) -> int:
         """Documents indexed; retries failed items (and connection errors) until ``retry_for`` runs out."""
@@ -64,10 +86,18 @@ class EsWriter:
         total = len(actions)
         deadline = time.monotonic() + self.retry_for
         delay = 1.0
+        checked_older = False
         while actions:
             failed_ids: set[str] = set()
             first_error: Any = None
             try:
+                if not checked_older:
+                    known = self.already_in_older_indices([a["_id"] for a in actions])
+                    checked_older = True
+                    if known:
+                        log.info("elasticsearch: %d of %d records already in an older index of %s (a replay after "
+                                 "a rollover): not indexed again", len(known), len(actions), self.alias)  # fmt: skip
+                        actions = [a for a in actions if a["_id"] not in known]
                 for ok, item in helpers.streaming_bulk(
                     self.es, actions, chunk_size=1000, raise_on_error=False, raise_on_exception=False
                 ):
