@@ -44,7 +44,7 @@ AIRFLOW_SERVICES = {
     "airflow-triggerer",
 }
 SPARK_SERVICES = {"spark-master", "spark-worker"}
-ONESHOT_SERVICES = {"airflow-init", "cassandra-init", "elasticsearch-setup"}
+ONESHOT_SERVICES = {"airflow-init", "cassandra-init", "elasticsearch-setup", "kibana-setup"}
 EXPECTED_SERVICES = set(EXPECTED_PORTS) | AIRFLOW_SERVICES | ONESHOT_SERVICES | {"postgres"}
 CONN_IDS = {
     settings.CONN_S3,
@@ -252,6 +252,21 @@ def test_code_is_mounted_where_pythonpath_points(services: dict[str, dict[str, A
         for directory in CODE_DIRS:
             assert mounts.get((PROJECT_ROOT / directory).resolve()) == f"/opt/covidflow/{directory}", (name, directory)
     assert services["airflow-scheduler"]["environment"]["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/covidflow/dags"
+
+
+def test_kibana_setup_imports_the_committed_saved_objects(
+    services: dict[str, dict[str, Any]], rendered: tuple[dict[str, Any], dict[str, str]]
+) -> None:
+    svc = services["kibana-setup"]
+    mounts = {Path(v["source"]).resolve(): (v["target"], v.get("read_only")) for v in svc["volumes"]}
+    ndjson = Path(svc["environment"]["SAVED_OBJECTS"])
+    assert mounts[(PROJECT_ROOT / "include" / "kibana").resolve()] == (str(ndjson.parent), True)
+    assert (PROJECT_ROOT / "include" / "kibana" / ndjson.name).is_file()
+    script = (PROJECT_ROOT / "docker" / "kibana" / "import_saved_objects.py").resolve()
+    assert mounts[script] == (svc["command"][-1], True)
+    assert svc["environment"]["KIBANA_URL"] == f"http://kibana:{KIBANA_PORT}"
+    assert svc["environment"]["ELASTIC_PASSWORD"] == rendered[1]["ELASTIC_PASSWORD"]
+    assert svc["depends_on"]["kibana"]["condition"] == "service_healthy"
 
 
 def _walk_environments(raw: dict[str, Any]) -> list[tuple[str, str, str]]:
