@@ -110,10 +110,18 @@ def test_a_retry_is_logged_not_posted(receiver: Receiver, caplog: pytest.LogCapt
 
 
 def test_a_missed_deadline_is_logged_and_posted(receiver: Receiver) -> None:
-    ctx = {"dag_run": {"dag_id": "covidflow_freshness", "run_id": "scheduled__2"}}
-    asyncio.run(deadline_missed(context=ctx, dag_id="covidflow_freshness", message="freshness check overran"))
+    # The context the Airflow 3.3 scheduler builds (Deadline.handle_miss): the run as the REST API shows it.
+    ctx = {"dag_run": {"dag_id": "covidflow_freshness", "dag_run_id": "scheduled__2", "state": "running",
+                       "end_date": None},
+           "deadline": {"id": "0193", "deadline_time": "2026-01-01T06:30:00+00:00"}}  # fmt: skip
+    text = asyncio.run(deadline_missed(context=ctx, dag_id="covidflow_freshness", message="freshness check overran"))
+    line = (
+        "DEADLINE dag=covidflow_freshness run=scheduled__2 state=running deadline=2026-01-01 06:30:00+00:00 "
+        "error=freshness check overran"
+    )
+    assert text == line
     assert receiver.requests == [
         ("/hook", "application/json",
-         {"text": "DEADLINE dag=covidflow_freshness run=scheduled__2 error=freshness check overran",
-          "event": "deadline", "dag_id": "covidflow_freshness", "run_id": "scheduled__2", "task_id": None})
+         {"text": line, "event": "deadline", "dag_id": "covidflow_freshness", "run_id": "scheduled__2",
+          "task_id": None})
     ]  # fmt: skip

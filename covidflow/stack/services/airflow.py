@@ -44,6 +44,19 @@ def airflow_home(home: StackHome) -> Path:
     return home.data_dir("airflow")
 
 
+def scratch_dags_folder(home: StackHome) -> Path:
+    """A second DAG bundle, empty but for DAGs an integration test writes and removes (never the repo's dags/)."""
+    return airflow_home(home) / "test-dags"
+
+
+def _bundles(home: StackHome) -> str:
+    local = "airflow.dag_processing.bundles.local.LocalDagBundle"
+    return json.dumps([
+        {"name": "dags-folder", "classpath": local, "kwargs": {}},
+        {"name": "covidflow-test-dags", "classpath": local, "kwargs": {"path": str(scratch_dags_folder(home))}},
+    ])  # fmt: skip
+
+
 def passwords_file(home: StackHome) -> Path:
     return airflow_home(home) / PASSWORDS_FILE
 
@@ -83,6 +96,7 @@ def airflow_env(home: StackHome) -> dict[str, str]:
         # spark-submit, airflow and the project's tools come from the venv, whatever PATH the user has
         "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(covidflow.PROJECT_ROOT / "dags"),
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": _bundles(home),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(covidflow.PROJECT_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
@@ -130,6 +144,7 @@ class AirflowService(Service):
         if not pw_file.exists():
             pw_file.write_text(json.dumps({ADMIN_USER: local_secret(home, "airflow_admin_password")}) + "\n")
         pw_file.chmod(0o600)
+        scratch_dags_folder(home).mkdir(parents=True, exist_ok=True)
         marker = airflow_home(home) / f".db-migrated-{version('apache-airflow')}"
         database = airflow_home(home) / "airflow.db"
         if not (marker.exists() and database.exists()):
