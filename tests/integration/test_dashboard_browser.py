@@ -23,6 +23,7 @@ from urllib.parse import urlencode
 
 import pytest
 from test_dashboard_api import ALIAS, dashboard_index, spf  # noqa: F401  (dashboard_index is a fixture)
+from test_kibana_queries import gerstung_france
 
 from covidflow import PROJECT_ROOT, settings
 
@@ -165,7 +166,12 @@ def test_page_loads_without_console_errors_and_draws_every_department(page: Page
     assert page.js("new Set([...document.querySelectorAll('#map path')].map(p => p.dataset.key)).size") == 101
     assert page.js("document.getElementById('status').textContent") == ""
     assert page.js("document.querySelectorAll('#series canvas').length") >= 1
-    assert page.js("document.querySelectorAll('#variants canvas').length") >= 1
+    # Gerstung (names BF.7) comes first; it published one week, drawn as ranked bars with the file's shares.
+    assert page.js("document.getElementById('vsource').value") == "gerstung_variant_share"
+    bars = page.js("[...document.querySelectorAll('#variants tr')].map(r => [r.dataset.variant, r.cells[1].innerText])")
+    france = gerstung_france()
+    assert {variant: share for variant, share in bars} == {v: f"{s:g} %" for v, s in france.items()}
+    assert page.js("[...document.querySelectorAll('#variants tr.bf7')].map(r => r.dataset.variant)") == ["BF.7"]
     # the samples start on 04-01: no week-over-week yet on that day
     assert "no place has two full weeks" in page.js("document.getElementById('growth').textContent")
     assert page.js("document.querySelectorAll('#freshness tr').length") == 5  # header + 4 sources
@@ -194,6 +200,17 @@ def test_changing_date_and_metric_updates_the_figures(page: Page) -> None:
     idf = sum(spf(d, "2020-04-10", "rea") for d in ("75", "77", "78", "91", "92", "93", "94", "95"))
     assert map_value(page, "FR-D75") == idf  # each department shows its region's figure
     page.screenshot(ARTIFACTS / "dashboard_regions.png")
+    assert page.errors == []
+
+
+def test_the_variant_source_can_be_switched_and_is_kept_in_the_url(page: Page) -> None:
+    open_dashboard(page, metric="hospital_occupancy", source="spf_donnees_hospitalieres", date="2020-04-01")
+    change(page, "vsource", "ecdc_erviss_variants")
+    assert "vsource=ecdc_erviss_variants" in page.js("location.search")
+    assert page.js("document.querySelectorAll('#variants canvas').length") >= 1  # 17 weeks: a chart
+    assert "ecdc_erviss_variants" in page.js("document.getElementById('variants-title').textContent")
+    open_dashboard(page, metric="hospital_occupancy", vsource="ecdc_erviss_variants")
+    assert page.js("document.getElementById('vsource').value") == "ecdc_erviss_variants"
     assert page.errors == []
 
 

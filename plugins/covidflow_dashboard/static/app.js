@@ -26,7 +26,7 @@ function fmt(v) {
 
 function readUrl() {
   const p = new URLSearchParams(location.search);
-  for (const k of ["metric", "source", "date", "level", "places", "start", "end", "interval", "country", "alias"]) {
+  for (const k of ["metric", "source", "date", "level", "places", "start", "end", "interval", "country", "vsource", "alias"]) {
     state[k] = p.get(k) || "";
   }
   state.per100k = p.get("per100k") !== "0";
@@ -143,13 +143,29 @@ async function loadSeries() {
   seriesPlot = plot("series", seriesPlot, "", xs, lines);
 }
 
+// A source that published one week only is a snapshot: ranked bars instead of a chart with a single x.
+function shareBars(target, src) {
+  const rows = src.variants.map((v) => ({ v, share: v.share[0] })).filter((r) => r.share != null)
+    .sort((a, b) => b.share - a.share);
+  $(target).innerHTML = `<p class="note">One week published by this source: ${escapeHtml(src.dates[0])}</p>` +
+    '<table class="bars">' + rows.map((r) => `<tr class="${r.v.bf7_family ? "bf7" : ""}" data-variant="${escapeHtml(r.v.variant)}">` +
+      `<td>${escapeHtml(r.v.variant)}</td><td class="num">${fmt(r.share)} %</td>` +
+      `<td class="bar"><span style="width:${Math.max(0, Math.min(100, r.share))}%"></span></td></tr>`).join("") + "</table>";
+}
+
 async function loadVariants() {
   const data = await api("variants", { country: state.country, alias: state.alias });
-  const src = data.sources[0];
-  if (!src) { $("variants").textContent = "no variant data for this country"; variantPlot = null; return; }
-  const top = src.variants.filter((v, i) => i < 8 || v.bf7_family);
+  // Sources that name the BF.7 family come first (API order); the choice is kept in the URL.
+  $("vsource").innerHTML = data.sources.map((s) => `<option value="${escapeHtml(s.source_id)}">` +
+    `${escapeHtml(s.source_id)} (${s.dates.length} week${s.dates.length === 1 ? "" : "s"})</option>`).join("");
+  const src = data.sources.find((s) => s.source_id === state.vsource) || data.sources[0];
+  if (variantPlot) { variantPlot.destroy(); variantPlot = null; }
+  if (!src) { $("variants").textContent = "no variant data for this country"; return; }
+  $("vsource").value = src.source_id;
   $("variants-title").textContent = `Variant share in ${data.country} (% of sequences, ${src.source_id}); BF.7 family in bold`;
-  variantPlot = plot("variants", variantPlot, "", src.dates.map((d) => Date.parse(d) / 1000),
+  if (src.dates.length === 1) { shareBars("variants", src); return; }
+  const top = src.variants.filter((v, i) => i < 8 || v.bf7_family);
+  variantPlot = plot("variants", null, "", src.dates.map((d) => Date.parse(d) / 1000),
     top.map((v, i) => ({ label: v.variant, values: v.share, width: v.bf7_family ? 4 : 1.5,
       color: v.bf7_family ? "#000" : LINE[i % LINE.length] })));
 }
@@ -205,7 +221,7 @@ function onChange(ev) {
   writeUrl();
   const all = [loadMap, loadSeries, loadGrowth];
   const which = { metric: all, source: all, date: [loadMap, loadGrowth], level: [loadMap, loadGrowth], per100k: [loadMap],
-    places: [loadSeries], start: [loadSeries], end: [loadSeries], interval: [loadSeries], country: [loadVariants] }[k] || all;
+    places: [loadSeries], start: [loadSeries], end: [loadSeries], interval: [loadSeries], country: [loadVariants], vsource: [loadVariants] }[k] || all;
   run(which);
 }
 
