@@ -70,6 +70,9 @@ class EsWriter:
         older = [name for name, body in indices.items() if not body["aliases"][self.alias].get("is_write_index")]
         if len(indices) < 2 or not older:
             return set()
+        # Documents written just before the rollover may not be searchable yet; the older indices take no more
+        # writes through the alias, so this refresh is a no-op except right after a rollover.
+        self.es.indices.refresh(index=",".join(sorted(older)))
         found: set[str] = set()
         for start in range(0, len(ids), ID_LOOKUP_CHUNK):
             chunk = ids[start : start + ID_LOOKUP_CHUNK]

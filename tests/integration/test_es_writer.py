@@ -45,9 +45,10 @@ def test_a_batch_replayed_after_a_rollover_is_not_indexed_twice(alias: tuple[Any
     batch = list(islice(records, 300))
     writer = EsWriter(es, alias=name, retry_for=30)
 
-    assert writer.write(batch[:200]) == 200
-    writer.write(batch[:200])  # a replay before any rollover: overwritten in place
-    assert count_by_index(es, name) == {f"{name}-000001": 200}
+    assert writer.write(batch[:100]) == 100
+    writer.write(batch[:100])  # a replay before any rollover: overwritten in place
+    assert count_by_index(es, name) == {f"{name}-000001": 100}
+    writer.write(batch[100:200])  # not refreshed yet when the rollover comes: the lookup must still see them
 
     rolled = es.indices.rollover(alias=name, settings={"number_of_replicas": 0})
     assert rolled["rolled_over"] and rolled["new_index"] == f"{name}-000002"
