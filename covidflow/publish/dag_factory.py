@@ -143,6 +143,12 @@ def build_ingest_dag(spec: SourceSpec, config: dict[str, Any] | None = None) -> 
             try:
                 summary = publish_object(source, obj)
             except SchemaDrift as exc:  # retrying cannot help: the file or the spec must change
+                from covidflow.ops.tasks import report_drift
+
+                report_drift(
+                    source, f"s3://{obj['bucket']}/{obj['key']}", exc, context["dag"].dag_id, context["run_id"]
+                )
+                context["ti"].xcom_push(key="drift", value=[f.to_dict() for f in exc.findings])
                 raise AirflowFailException(str(exc)) from None
             context["outlet_events"][source_asset(source)].extra = {
                 "object": summary["object"],

@@ -192,6 +192,45 @@ def test_a_producer_pointed_at_a_dead_broker_fails_its_task(
     assert markers == 0, "an object that was not delivered must not be marked as published"
 
 
+# -- schema drift -----------------------------------------------------------------------------------------------
+
+
+def test_a_renamed_column_fails_ingest_before_anything_is_published_and_is_reported(
+    s3: Any, bucket: str, es: Elasticsearch, airflow_env: dict[str, str], tmp_path: Path
+) -> None:
+    from covidflow.normalise.supervise import high_watermarks
+    from covidflow.publish.envelope import RAW_TOPIC
+
+    sample = (ROOT / "include" / "samples" / "spf_vacsi" / "vacsi-dep.csv").read_bytes()
+    renamed = sample.replace(b"dep;", b"departement;", 1)
+    s3.put_object(Bucket=bucket, Key="spf/vacsi/vacsi-dep.csv", Body=renamed)
+    ingest = yaml.safe_load((CONFIG_DIR / "ingest.yaml").read_text())
+    ingest["dag"]["retries"] = 0
+    ingest["sensor"].update(poke_interval_seconds=1, timeout_seconds=30)
+    (tmp_path / "ingest.yaml").write_text(yaml.safe_dump(ingest))
+    quality = yaml.safe_load((CONFIG_DIR / "quality.yaml").read_text())
+    quality["elasticsearch"]["index"] = INDEX
+    (tmp_path / "quality.yaml").write_text(yaml.safe_dump(quality))
+    env = {**airflow_env, "COVIDFLOW_INGEST_CONFIG": str(tmp_path / "ingest.yaml"),
+           "COVIDFLOW_QUALITY_CONFIG": str(tmp_path / "quality.yaml")}  # fmt: skip
+    before = high_watermarks(RAW_TOPIC).get(RAW_TOPIC, {})
+
+    result, output = run_dag(env, "ingest_spf_vacsi", {"bucket": bucket})
+
+    assert result["state"] == "failed", output[-3000:]
+    assert result["tis"]["publish[0]"] == "failed"
+    message = "spf/vacsi/vacsi-dep.csv: schema drift, nothing written: column 'dep' mapped by the spec is missing"
+    assert message in output
+    assert high_watermarks(RAW_TOPIC).get(RAW_TOPIC, {}) == before, "nothing may reach Kafka"
+    assert s3.list_objects_v2(Bucket=bucket, Prefix="_manifest/").get("KeyCount", 0) == 0
+    found = docs(es, result["run_id"])
+    summary = next(d for d in found if d["check"] == "summary")
+    assert (summary["status"], summary["message"]) == ("blocking", message)
+    assert summary["object"] == f"s3://{bucket}/spf/vacsi/vacsi-dep.csv"
+    assert ("drift_missing_column", "blocking") in {(d["check"], d["status"]) for d in found}
+    assert dashboard_checks(es)["spf_vacsi"]["quality"]["status"] == "blocking"
+
+
 # -- quality ----------------------------------------------------------------------------------------------------
 
 
