@@ -1,7 +1,8 @@
 """End to end on the real local stack: bundled samples -> Kafka -> Spark job -> Cassandra + Elasticsearch -> query.
 
-The ingest DAG (S3 -> Kafka) belongs to another engineer and was not ready, so the samples are put on
-covid.raw.v1 as RawEnvelopes by ``covidflow.normalise.replay`` (same readers, same envelope). The job is
+The S3 upload -> ingest DAG leg has its own end-to-end test (test_e2e_s3.py); here every sample is put on
+covid.raw.v1 as RawEnvelopes by ``covidflow.normalise.replay`` (same readers, same envelope), so one job run can
+check exact values for all of them, dead letters, a replay, a corrected vintage and the dashboard API. The job is
 submitted with ``spark-submit`` to the standalone master (local[2] if it does not answer), under its own app
 name and checkpoint, with ``--available-now``. Unreachable services fail the test, they never skip it.
 """
