@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import signal
 import subprocess
 import time
 import uuid
@@ -273,3 +275,63 @@ def test_kafka_outage_fails_clearly_then_the_retry_publishes_exactly_once(
     messages = consume_since(RAW_TOPIC, start, bucket)
     assert len(messages) == len(rows)
     assert sorted(m["value"]["record_index"] for m in messages) == list(range(1, len(rows) + 1))
+
+
+def test_kafka_killed_inside_a_transaction_commits_nothing_and_the_retry_publishes_exactly_once(
+    kafka_topics: None,
+) -> None:
+    """The broker is SIGKILLed halfway through one object's transaction (the reader's iterator pulls the plug at
+    a fixed record). Nothing of that attempt becomes visible; a new producer with the same transactional id fences
+    it after the restart and publishes the object once. Raw offsets show the aborted records were really written."""
+    from confluent_kafka import Producer
+
+    from covidflow.catalog.specs import find_spec
+    from covidflow.land.objects import LandedObject
+    from covidflow.publish.kafka import DeliveryFailed, publish_records, transactional_id
+    from covidflow.read import read_records
+    from covidflow.stack.home import StackHome
+    from covidflow.stack.runner import Runner, read_pid
+    from covidflow.stack.services.kafka import KafkaService
+
+    spec = find_spec(SOURCE)
+    data = SAMPLE.read_bytes()
+    rows = csv_rows(data)
+    bucket = f"it-txn-{uuid.uuid4().hex[:8]}"  # only a label in the envelopes: consume_since filters on it
+    obj = LandedObject(bucket, KEY, uuid.uuid4().hex, len(data), "2024-01-01T00:00:00+00:00")
+    txn_id = f"{transactional_id(SOURCE, KEY)}-{bucket}"
+    runner = Runner([KafkaService()])
+
+    def producer() -> Any:
+        return Producer({"bootstrap.servers": settings.KAFKA_BOOTSTRAP, "transactional.id": txn_id,
+                         "enable.idempotence": True, "acks": "all", "linger.ms": 5, "message.timeout.ms": 8000,
+                         "transaction.timeout.ms": 60000})  # fmt: skip
+
+    def publish(records: Any, attempt: Any) -> Any:
+        attempt.init_transactions(30)
+        return publish_records(records, source_id=SOURCE, spec=spec.data, obj=obj, schema_ver="it",
+                               producer=attempt, flush_timeout=20, commit_timeout=20)  # fmt: skip
+
+    def killing_broker_at(index: int) -> Any:
+        for record in read_records(io.BytesIO(data), "csv", spec.get("reader") or {}, name=KEY):
+            if record.index == index:
+                time.sleep(0.5)  # let the first half reach the broker's log, inside the open transaction
+                pid = read_pid(StackHome.from_env(), "kafka")
+                assert pid is not None, "Kafka is not running"
+                os.killpg(pid, signal.SIGKILL)
+            yield record
+
+    start = end_offsets(RAW_TOPIC)
+    try:
+        with pytest.raises(DeliveryFailed) as failed:
+            publish(killing_broker_at(len(rows) // 2), producer())
+    finally:
+        runner.down(grace=5)  # clears the pid file of the killed broker
+        runner.up()
+    assert f"Kafka delivery failed for s3://{bucket}/{KEY}" in str(failed.value)
+
+    summary = publish(read_records(io.BytesIO(data), "csv", spec.get("reader") or {}, name=KEY), producer())
+    assert summary.records_out == len(rows)
+    messages = consume_since(RAW_TOPIC, start, bucket)
+    assert sorted(m["value"]["record_index"] for m in messages) == list(range(1, len(rows) + 1))  # once each
+    written = sum(hi - start.get(p, 0) for p, hi in end_offsets(RAW_TOPIC).items())
+    assert written > len(rows) + len(rows) // 4, "the first attempt's records should be in the log, aborted"
