@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", cfg.bootstrap)
         .option("subscribe", cfg.raw_topic)
+        # Only committed transactions: an ingest attempt that failed midway (aborted) must never be stored.
+        .option("kafka.isolation.level", "read_committed")
         .option("startingOffsets", "earliest")
         .option("maxOffsetsPerTrigger", str(cfg.max_offsets_per_trigger))
     )

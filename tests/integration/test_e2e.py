@@ -314,3 +314,34 @@ def test_samples_to_stores_and_query(tmp_path_factory: pytest.TempPathFactory) -
     assert before["all"] == csv_hosp(spf, "75", "0", "2020-04-01")
     assert cassandra_by_vintage(expected) == want  # the earlier vintage is untouched
     assert_dashboard_shows_cassandra(9999.0)
+
+
+def test_an_aborted_ingest_transaction_never_reaches_the_stores() -> None:
+    """A publish attempt that failed (its transaction aborted) is in Kafka's log but must never be stored: the
+    job reads ``read_committed``. The committed twin, published next, proves the job ran over both."""
+    from confluent_kafka import Producer
+
+    _require_services()
+    state = Path(os.environ.get("COVIDFLOW_E2E_STATE", StackHome.from_env().root / "data" / "spark" / "e2e"))
+    state.mkdir(parents=True, exist_ok=True)
+    spec = find_spec("who_covid19_global_weekly")  # vintage from landed_at: each vintage is a fresh partition
+    base = datetime.now(UTC).replace(microsecond=0)
+    aborted_v, committed_v = base + timedelta(seconds=30), base + timedelta(seconds=31)
+    aborted = expected_records([(spec.id, spec.sample_path)], aborted_v)
+    committed = expected_records([(spec.id, spec.sample_path)], committed_v)
+    assert len(aborted) == len(committed) > 900
+
+    producer = Producer({"bootstrap.servers": settings.KAFKA_BOOTSTRAP, "enable.idempotence": True,
+                         "transactional.id": f"it-e2e-aborted-{base.timestamp():.0f}"})  # fmt: skip
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    publish_file(producer, spec, spec.sample_path, vintage=aborted_v)  # flushed: in the log, not committed
+    producer.abort_transaction(30)
+    producer.begin_transaction()
+    publish_file(producer, spec, spec.sample_path, vintage=committed_v)
+    producer.commit_transaction(30)
+    run_job(state)
+
+    assert cassandra_by_vintage(committed) == {rid: r["value"] for rid, r in committed.items()}
+    assert cassandra_by_vintage(aborted) == {}
+    assert es_by_vintage(aborted) == {}
