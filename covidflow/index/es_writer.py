@@ -18,7 +18,7 @@ from covidflow.normalise.stream import es_actions
 
 log = logging.getLogger(__name__)
 _CLIENTS: dict[str, Any] = {}
-ID_LOOKUP_CHUNK = 5000  # ids per lookup, well under the default max_result_window (10,000)
+ID_LOOKUP_CHUNK = 5000  # ids per mget request
 
 
 def client(url: str | None = None) -> Any:
@@ -59,27 +59,25 @@ class EsWriter:
         self.alias = alias or write_alias(schema)
         self.retry_for = retry_for
 
-    def already_in_older_indices(self, ids: list[str]) -> set[str]:
-        """Ids already held by an index the alias no longer writes to: a batch replayed after a rollover.
+    def held_by_older_indices(self, ids: list[str]) -> dict[str, str]:
+        """id -> the older index (no longer the alias's write index) that already holds it: a replay after a rollover.
 
-        ``_id = record_id`` makes a replay overwrite in place, but only within one index: after a rollover the
-        write alias points at a new index, and indexing the same id there would make a second copy. A record id
-        is a hash of the record's identity and vintage, so the copy already indexed is the same record.
+        ``_id = record_id`` makes a replay overwrite in place, but only within one index: after a rollover the write
+        alias points at a new index, and indexing the same id there would make a second copy. Those ids are sent to
+        the index that holds them instead, so a replay with a corrected value still overwrites. ``mget`` reads in
+        real time: documents written just before the rollover are found even before a refresh.
         """
         indices = self.es.indices.get_alias(name=self.alias)
-        older = [name for name, body in indices.items() if not body["aliases"][self.alias].get("is_write_index")]
-        if len(indices) < 2 or not older:
-            return set()
-        # Documents written just before the rollover may not be searchable yet; the older indices take no more
-        # writes through the alias, so this refresh is a no-op except right after a rollover.
-        self.es.indices.refresh(index=",".join(sorted(older)))
-        found: set[str] = set()
-        for start in range(0, len(ids), ID_LOOKUP_CHUNK):
-            chunk = ids[start : start + ID_LOOKUP_CHUNK]
-            resp = self.es.search(index=",".join(sorted(older)), query={"ids": {"values": chunk}}, size=len(chunk),
-                                  source=False, track_total_hits=False)  # fmt: skip
-            found.update(hit["_id"] for hit in resp["hits"]["hits"])
-        return found
+        older = sorted(name for name, body in indices.items()
+                       if not body["aliases"][self.alias].get("is_write_index"))  # fmt: skip
+        if len(indices) < 2:
+            return {}
+        held: dict[str, str] = {}
+        for index in older:  # oldest first: a copy left by the old behaviour goes to the newest older index
+            for start in range(0, len(ids), ID_LOOKUP_CHUNK):
+                resp = self.es.mget(index=index, ids=ids[start : start + ID_LOOKUP_CHUNK], source=False)
+                held.update((doc["_id"], index) for doc in resp["docs"] if doc.get("found"))
+        return held
 
     def write(self, records: Iterable[dict[str, Any]]) -> int:
         """Documents indexed; retries failed items (and connection errors) until ``retry_for`` runs out."""
@@ -89,18 +87,16 @@ class EsWriter:
         total = len(actions)
         deadline = time.monotonic() + self.retry_for
         delay = 1.0
-        checked_older = False
         while actions:
             failed_ids: set[str] = set()
             first_error: Any = None
             try:
-                if not checked_older:
-                    known = self.already_in_older_indices([a["_id"] for a in actions])
-                    checked_older = True
-                    if known:
-                        log.info("elasticsearch: %d of %d records already in an older index of %s (a replay after "
-                                 "a rollover): not indexed again", len(known), len(actions), self.alias)  # fmt: skip
-                        actions = [a for a in actions if a["_id"] not in known]
+                # Looked up on every attempt, so a rollover during the retries is seen too.
+                held = self.held_by_older_indices([a["_id"] for a in actions])
+                if held:
+                    log.info("elasticsearch: %d of %d records already in an older index of %s (a replay after "
+                             "a rollover): overwritten there", len(held), len(actions), self.alias)  # fmt: skip
+                    actions = [{**a, "_index": held.get(a["_id"], a["_index"])} for a in actions]
                 for ok, item in helpers.streaming_bulk(
                     self.es, actions, chunk_size=1000, raise_on_error=False, raise_on_exception=False
                 ):
@@ -119,5 +115,5 @@ class EsWriter:
                         len(failed_ids), len(actions), first_error, delay)  # fmt: skip
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
-            actions = [a for a in actions if a["_id"] in failed_ids]
+            actions = [{**a, "_index": self.alias} for a in actions if a["_id"] in failed_ids]
         return total
