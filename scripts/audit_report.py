@@ -14,6 +14,10 @@ import sys
 from pathlib import Path
 
 CLEAN, FAILED, NOT_RUN = 0, 1, 3
+#: What pip-audit says when the vulnerability data cannot be reached: only these make an audit "not run";
+#: any other missing report (a bad requirement line, a crash) fails.
+UNREACHABLE = ("NameResolutionError", "Failed to resolve", "ConnectionError", "Max retries exceeded", "timed out")
+NOT_ON_SERVICE = "Dependency not found on PyPI"
 
 
 def verdict(deps: list[dict], service: str) -> tuple[int, list[str]]:
@@ -30,8 +34,10 @@ def verdict(deps: list[dict], service: str) -> tuple[int, list[str]]:
         f"audit ({service}): {len(deps)} pinned, {len(audited)} audited, {len(skipped)} not audited, "
         f"{len(vulnerable)} vulnerable"
     )
-    if not audited:
-        reason = skipped[0]["skip_reason"] if skipped else "empty report"
+    if not deps:
+        return FAILED, [*lines, "audit FAILED: the report lists no package (is constraints.txt empty?)"]
+    if not audited and all(NOT_ON_SERVICE in d["skip_reason"] for d in skipped):
+        reason = skipped[0]["skip_reason"]
         return NOT_RUN, [*lines, f"audit NOT RUN: the service answered for none of the packages; first: {reason}"]
     lines += [f"NOT AUDITED {d['name']}: {d['skip_reason']}" for d in skipped]
     return (FAILED if vulnerable or skipped else CLEAN), lines
@@ -43,8 +49,11 @@ def main(argv: list[str]) -> int:
         deps = json.loads(Path(report).read_text(encoding="utf-8"))["dependencies"]
     except (OSError, ValueError, KeyError):
         tail = Path(stderr).read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
-        print(f"audit NOT RUN: pip-audit ({service}) produced no report. Last lines:", *tail, sep="\n  ")
-        return NOT_RUN
+        if any(marker in line for line in tail for marker in UNREACHABLE):
+            print(f"audit NOT RUN: pip-audit ({service}) could not reach its service. Last lines:", *tail, sep="\n  ")
+            return NOT_RUN
+        print(f"audit FAILED: pip-audit ({service}) produced no report. Last lines:", *tail, sep="\n  ")
+        return FAILED
     status, lines = verdict(deps, service)
     print(*lines, sep="\n")
     return status

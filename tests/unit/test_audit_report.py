@@ -49,6 +49,20 @@ def test_an_audit_that_reached_nothing_is_reported_as_not_run(tmp_path: Path) ->
     assert status == 3 and f"audit NOT RUN: the service answered for none of the packages; first: {reason}" in out
 
 
-def test_no_report_is_not_run_and_shows_the_error(tmp_path: Path) -> None:
+def test_an_unreachable_service_is_not_run_and_shows_the_error(tmp_path: Path) -> None:
     status, out = run(tmp_path, None, "Traceback...\nConnectionError: Failed to resolve 'api.osv.dev'")
-    assert status == 3 and "Failed to resolve 'api.osv.dev'" in out
+    assert status == 3 and "could not reach its service" in out and "Failed to resolve 'api.osv.dev'" in out
+
+
+def test_any_other_missing_report_fails(tmp_path: Path) -> None:
+    status, out = run(tmp_path, None, "ERROR: Invalid requirement: 'pkg==='")
+    assert status == 1 and "audit FAILED: pip-audit (pypi) produced no report" in out
+
+
+def test_skips_for_another_reason_are_a_failed_audit_not_a_skipped_one(tmp_path: Path) -> None:
+    status, out = run(tmp_path, [{"name": "local-pkg", "skip_reason": "could not parse version"}])
+    assert status == 1 and "NOT AUDITED local-pkg: could not parse version" in out
+
+
+def test_an_empty_report_fails(tmp_path: Path) -> None:
+    assert run(tmp_path, [])[0] == 1
