@@ -125,21 +125,21 @@ def report_drift(source_id: str, object_uri: str, error: Exception, dag_id: str,
     ``error`` is a ``SchemaDrift``: the task fails with its message anyway, so a report that cannot be written is
     logged, not raised over it. Ids include the object, so two drifting files of one run are two reports.
     """
-    from covidflow.ops.config import quality_config
-    from covidflow.store.quality import summarise
-
-    cfg = quality_config()
-    findings = getattr(error, "findings", [])
-    docs = quality_docs(source_id, findings, summarise(source_id, findings, 0), dag_id, run_id, None,
-                        cfg["max_findings_per_check"])  # fmt: skip
-    docs[0].update(message=str(error), object=object_uri)  # the summary line on-call sees on the panel
-    for doc in docs:
-        doc["_id"] = report.doc_id("drift", object_uri, doc["_id"])
-    target = cfg["elasticsearch"]["index"]
     try:
+        from covidflow.ops.config import quality_config
+        from covidflow.store.quality import summarise
+
+        cfg = quality_config()
+        target = cfg["elasticsearch"]["index"]
+        findings = getattr(error, "findings", [])
+        docs = quality_docs(source_id, findings, summarise(source_id, findings, 0), dag_id, run_id, None,
+                            cfg["max_findings_per_check"])  # fmt: skip
+        docs[0].update(message=str(error), object=object_uri)  # the summary line on-call sees on the panel
+        for doc in docs:
+            doc["_id"] = report.doc_id("drift", object_uri, doc["_id"])
         written = report.write(report.client(), target, docs)
     except Exception as exc:
-        log.error("schema drift of %s NOT reported in %s: %s: %s", object_uri, target, type(exc).__name__, exc)
+        log.error("schema drift of %s NOT reported: %s: %s", object_uri, type(exc).__name__, exc)
         return 0
     log.info("schema drift of %s: %d document(s) in Elasticsearch index %s", object_uri, written, target)
     return written

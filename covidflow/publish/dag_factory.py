@@ -148,7 +148,12 @@ def build_ingest_dag(spec: SourceSpec, config: dict[str, Any] | None = None) -> 
                 report_drift(
                     source, f"s3://{obj['bucket']}/{obj['key']}", exc, context["dag"].dag_id, context["run_id"]
                 )
-                context["ti"].xcom_push(key="drift", value=[f.to_dict() for f in exc.findings])
+                try:
+                    context["ti"].xcom_push(key="drift", value=[f.to_dict() for f in exc.findings])
+                except Exception as extra:  # an extra: the drift below is what fails the task
+                    import logging
+
+                    logging.getLogger(__name__).error("drift findings not pushed to XCom: %r", extra)
                 raise AirflowFailException(str(exc)) from None
             context["outlet_events"][source_asset(source)].extra = {
                 "object": summary["object"],

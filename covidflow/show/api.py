@@ -45,6 +45,10 @@ class DashboardError(Exception):
         self.message = message
 
 
+class NoData(DashboardError):
+    """The index or alias does not exist yet (a fresh stack): some panels can still say something."""
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Reference data and validation (pure, cached)
 # ---------------------------------------------------------------------------------------------------------------
@@ -137,7 +141,7 @@ def search(es: Any, index: str, body: dict[str, Any]) -> dict[str, Any]:
         return dict(es.search(index=index, body=body))
     except NotFoundError as exc:
         log.warning("search on %s: %s", index, exc)
-        raise DashboardError(503, f"no data yet: index or alias {index!r} does not exist") from None
+        raise NoData(503, f"no data yet: index or alias {index!r} does not exist") from None
     except ApiError as exc:
         log.warning("search on %s failed: %s", index, exc)
         raise DashboardError(502, f"Elasticsearch could not answer this query (status {exc.meta.status})") from None
@@ -389,16 +393,19 @@ def fastest_growing(
     summary="Per source: last vintage, last ingestion, newest date, document count, and the last ops checks",
 )
 def freshness(request: Request, be: BackendDep, index: AliasDep) -> dict[str, Any]:
-    sources = {s["source_id"]: s for s in q.parse_freshness(be.search(index, q.freshness_query()))}
+    try:
+        sources = {s["source_id"]: s for s in q.parse_freshness(be.search(index, q.freshness_query()))}
+    except NoData:  # nothing indexed yet: the ops verdicts below may still say which sources are late
+        sources = {}
     report_index = request.app.state.report_index
     try:
         checks = q.parse_checks(be.search(report_index, q.checks_query()))
     except DashboardError as exc:  # no ops run yet (index missing), or the report index unreadable
         log.info("no ops checks from %s: %s", report_index, exc.message)
         checks = {}
-    # A source judged (late, say) with no data indexed at all is listed too, so a silent source shows on the panel;
-    # a test alias (``<alias>-test-*``) lists only what it holds, since the report index covers the real one.
-    judged_only = checks.keys() - sources.keys() if index == be.alias else set()
+    # A catalog source judged (late, say) with nothing indexed is listed too, so a silent source shows on the
+    # panel. A test alias (``<alias>-test-*``) lists only the sources it holds.
+    judged_only = (checks.keys() & set(source_ids())) - sources.keys() if index == be.alias else set()
     for source_id in judged_only:
         sources[source_id] = {"source_id": source_id, "documents": 0, "last_vintage": None,
                               "last_ingested_at": None, "last_date": None}  # fmt: skip

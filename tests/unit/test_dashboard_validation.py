@@ -184,3 +184,16 @@ def test_freshness_panel_shows_the_last_ops_checks_per_source() -> None:
 def test_freshness_panel_without_any_ops_run_yet() -> None:
     body = client_for(ByIndex({"covid-observations": OBSERVATIONS})).get("/api/freshness").json()
     assert [(s["source_id"], s["freshness"], s["quality"]) for s in body["sources"]] == [("spf_vacsi", None, None)]
+
+
+def test_freshness_panel_on_a_fresh_stack_lists_the_judged_catalog_sources_only() -> None:
+    none = {"last": {"hits": {"hits": []}}}
+    checks = {"aggregations": {"source": {"buckets": [
+        {"key": "spf_vacsi", "freshness": _hit("late", "LATE spf_vacsi: never seen"), "quality": none},
+        {"key": "a_removed_source", "freshness": _hit("late", "LATE"), "quality": none},
+    ]}}}  # fmt: skip
+    body = client_for(ByIndex({"covidflow-quality": checks})).get("/api/freshness")  # no observations alias yet
+    assert body.status_code == 200
+    assert [(s["source_id"], s["documents"], s["freshness"]["status"]) for s in body.json()["sources"]] == [
+        ("spf_vacsi", 0, "late")
+    ]
