@@ -163,11 +163,8 @@ def load_spec(path: Path | str) -> SourceSpec:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
-        what = (
-            "YAML tag refused (specs are plain data)"
-            if isinstance(exc, yaml.constructor.ConstructorError)
-            else ("YAML syntax")
-        )
+        refused = "could not determine a constructor" in str(getattr(exc, "problem", ""))  # a !!python/... tag
+        what = "YAML tag refused (specs are plain data)" if refused else "YAML syntax"
         raise SpecError([SpecProblem(name, line, "", f"{what}: {getattr(exc, 'problem', exc)}")]) from None
     if not isinstance(data, dict) or node is None:
         raise SpecError([SpecProblem(name, 1, "", "a spec must be a YAML mapping")])

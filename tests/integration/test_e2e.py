@@ -167,11 +167,10 @@ def covidflow_query(*args: str) -> list[dict]:
     return json.loads(proc.stdout)
 
 
-def cassandra_latest(location: str, metric: str, source: str, start: str, end: str) -> dict[tuple[str, str], float]:
+def cassandra_latest(
+    sess: object, location: str, metric: str, source: str, start: str, end: str
+) -> dict[tuple[str, str], float]:
     """(date, variant) -> value of the all-sexes, all-ages rows of observations_latest (the system of record)."""
-    from cassandra.cluster import Cluster
-
-    sess = Cluster([settings.CASSANDRA_HOST], port=settings.CASSANDRA_PORT).connect("covidflow")
     rows = sess.execute(
         "SELECT date, variant, sex, age_group, source_id, value FROM observations_latest WHERE location_key=%s "
         "AND metric=%s AND date>=%s AND date<=%s",
@@ -188,47 +187,54 @@ def cassandra_latest(location: str, metric: str, source: str, start: str, end: s
 
 def assert_dashboard_shows_cassandra(corrected_value: float) -> None:
     """The dashboard API (Elasticsearch aggregations) returns the figures Cassandra holds, the correction included."""
+    from cassandra.cluster import Cluster
     from elasticsearch import Elasticsearch
     from fastapi.testclient import TestClient
 
     from covidflow.show.api import create_app
 
     es = Elasticsearch(settings.ELASTICSEARCH_URL)
-    es.indices.refresh(index="covid-observations")
-    api = TestClient(create_app(alias="covid-observations", client_factory=lambda: es))
-    spf, day = "spf_donnees_hospitalieres", "2020-04-01"
+    cluster = Cluster([settings.CASSANDRA_HOST], port=settings.CASSANDRA_PORT)
+    sess = cluster.connect("covidflow")  # one session for every lookup below
+    try:
+        es.indices.refresh(index="covid-observations")
+        api = TestClient(create_app(alias="covid-observations", client_factory=lambda: es))
+        spf, day = "spf_donnees_hospitalieres", "2020-04-01"
 
-    # The map: every department of the sample's first day, one partition of Cassandra each.
-    shown = api.get("/api/map", params={"metric": "hospital_occupancy", "date": day, "source": spf})
-    assert shown.status_code == 200, shown.text
-    places = {p["key"]: p["value"] for p in shown.json()["places"]}
-    assert len(places) == 101 and places["FR-D75"] == corrected_value
-    stored = {key: cassandra_latest(key, "hospital_occupancy", spf, day, day)[(day, "all")] for key in places}
-    assert places == stored
+        # The map: every department of the sample's first day, one partition of Cassandra each.
+        shown = api.get("/api/map", params={"metric": "hospital_occupancy", "date": day, "source": spf})
+        assert shown.status_code == 200, shown.text
+        places = {p["key"]: p["value"] for p in shown.json()["places"]}
+        assert len(places) == 101 and places["FR-D75"] == corrected_value
+        stored = {key: cassandra_latest(sess, key, "hospital_occupancy", spf, day, day)[(day, "all")] for key in places}
+        assert places == stored
 
-    # A time series of two weeks for two departments.
-    shown = api.get("/api/series", params={"metric": "hospital_occupancy", "place": ["FR-D13", "FR-D69"],
-                                           "start": day, "end": "2020-04-14", "source": spf})  # fmt: skip
-    assert shown.status_code == 200, shown.text
-    for series in shown.json()["series"]:
-        stored = cassandra_latest(series["key"], "hospital_occupancy", spf, day, "2020-04-14")
-        assert len(series["points"]) == 14
-        assert {p["date"]: p["value"] for p in series["points"]} == {d: v for (d, _), v in stored.items()}
+        # A time series of two weeks for two departments.
+        shown = api.get("/api/series", params={"metric": "hospital_occupancy", "place": ["FR-D13", "FR-D69"],
+                                               "start": day, "end": "2020-04-14", "source": spf})  # fmt: skip
+        assert shown.status_code == 200, shown.text
+        assert [s["key"] for s in shown.json()["series"]] == ["FR-D13", "FR-D69"]
+        for series in shown.json()["series"]:
+            stored = cassandra_latest(sess, series["key"], "hospital_occupancy", spf, day, "2020-04-14")
+            assert len(series["points"]) == 14
+            assert {p["date"]: p["value"] for p in series["points"]} == {d: v for (d, _), v in stored.items()}
 
-    # The variant panel: every share published for France, BF.7 among them.
-    variants = "gerstung_variant_share"  # the sample that names BF.7 (ECDC's has no BF.7 row)
-    shown = api.get("/api/variants", params={"country": "FR", "source": variants})
-    assert shown.status_code == 200, shown.text
-    (panel,) = shown.json()["sources"]
-    api_shares = {
-        (d, v["variant"]): share
-        for v in panel["variants"]
-        for d, share in zip(panel["dates"], v["share"], strict=True)
-        if share is not None
-    }
-    stored = cassandra_latest("FR", "variant_share", variants, "2019-12-01", "2030-01-01")
-    stored = {k: v for k, v in stored.items() if k[1] != "all"}
-    assert api_shares == stored and any(v == "BF.7" for _, v in stored)
+        # The variant panel: every share published for France, BF.7 among them.
+        variants = "gerstung_variant_share"  # the sample that names BF.7 (ECDC's has no BF.7 row)
+        shown = api.get("/api/variants", params={"country": "FR", "source": variants})
+        assert shown.status_code == 200, shown.text
+        (panel,) = shown.json()["sources"]
+        api_shares = {
+            (d, v["variant"]): share
+            for v in panel["variants"]
+            for d, share in zip(panel["dates"], v["share"], strict=True)
+            if share is not None
+        }
+        stored = cassandra_latest(sess, "FR", "variant_share", variants, "2019-12-01", "2030-01-01")
+        stored = {k: v for k, v in stored.items() if k[1] != "all"}
+        assert api_shares == stored and any(v == "BF.7" for _, v in stored)
+    finally:
+        cluster.shutdown()
 
 
 def test_samples_to_stores_and_query(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -95,6 +95,11 @@ def test_unsafe_yaml_tag_is_refused(tmp_path: Path) -> None:
     assert p.message.startswith("YAML tag refused (specs are plain data): could not determine a constructor")
 
 
+def test_a_constructor_error_that_is_not_a_tag_is_reported_as_syntax(tmp_path: Path) -> None:
+    (p,) = problems(write(tmp_path, ORDINARY + "quirks: {[1, 2]: unhashable}\n"))
+    assert p.message.startswith("YAML syntax: found unhashable key")
+
+
 def test_bad_regex(tmp_path: Path) -> None:
     text = ORDINARY.replace("vintage: {from: landed_at}", "vintage: {from: file_name, pattern: '(?P<date>['}")
     (p,) = problems(write(tmp_path, text))

@@ -160,7 +160,12 @@ async function loadVariants() {
     `${escapeHtml(s.source_id)} (${s.dates.length} week${s.dates.length === 1 ? "" : "s"})</option>`).join("");
   const src = data.sources.find((s) => s.source_id === state.vsource) || data.sources[0];
   if (variantPlot) { variantPlot.destroy(); variantPlot = null; }
-  if (!src) { $("variants").textContent = "no variant data for this country"; return; }
+  if (state.vsource && (!src || src.source_id !== state.vsource)) { state.vsource = ""; writeUrl(); }  // not offered here
+  if (!src) {
+    $("variants-title").textContent = `Variant share in ${data.country}`;
+    $("variants").textContent = "no variant data for this country";
+    return;
+  }
   $("vsource").value = src.source_id;
   $("variants-title").textContent = `Variant share in ${data.country} (% of sequences, ${src.source_id}); BF.7 family in bold`;
   if (src.dates.length === 1) { shareBars("variants", src); return; }
