@@ -133,8 +133,15 @@ def notify(context: dict[str, Any], label: str = "FAILED") -> dict[str, Any]:
 
 
 def on_failure(context: dict[str, Any]) -> None:
-    """on_failure_callback for DAGs and tasks."""
+    """on_failure_callback for DAGs and tasks.
+
+    A run that failed because a task failed (Airflow's reason ``task_failure``) was already alerted by that task's
+    own callback, with the error: the DAG-level call only logs, so on-call gets one alert per failure, not two.
+    """
     try:
+        if context.get("reason") == "task_failure" and context.get("exception") is None:
+            log.error("%s (alerted by the failed task's callback)", failure_line(context))
+            return
         notify(context, "FAILED")
     except Exception:  # pragma: no cover - defensive
         log.exception("failure callback could not summarise the context")

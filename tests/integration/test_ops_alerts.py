@@ -253,6 +253,17 @@ def test_a_failing_task_is_emailed_and_posted(webhook: Webhook, mailbox: Mailbox
     assert {"text": line, "event": "failed", "dag_id": FAIL_DAG, "run_id": run_id, "task_id": "explode"} in (
         webhook.bodies
     )
+    # The DAG-level callback (the dag-processor runs it once the run has failed) only logs: one alert, not two.
+    logs = airflow_home(StackHome.from_env()) / "logs" / "dag_processor"
+    dag_line = f"FAILED dag={FAIL_DAG} run={run_id} task=explode try=1 error=task_failure"
+
+    def dag_callback_logged() -> list[str]:
+        return [x for f in logs.glob(f"*/*/{DAG_FILE.name}.log") for x in f.read_text(errors="replace").splitlines()
+                if dag_line in x and "alerted by the failed task's callback" in x]  # fmt: skip
+
+    eventually(dag_callback_logged, 120, f"the DAG-level failure callback did not log {dag_line!r}")
+    assert len(mails_about(mailbox, f"FAILED dag={FAIL_DAG} run={run_id}")) == 1
+    assert len([b for b in webhook.bodies if b["text"].startswith(f"FAILED dag={FAIL_DAG} run={run_id}")]) == 1
 
 
 def test_an_overrun_deadline_is_posted_and_emailed_by_the_triggerer(

@@ -102,6 +102,26 @@ def test_a_failing_webhook_never_raises(monkeypatch: pytest.MonkeyPatch, caplog:
     assert messages[1].startswith(f"failure summary NOT posted to {WEBHOOK_CONN_ID}: AirflowException: 500:")
 
 
+def test_a_run_failed_by_a_task_is_logged_not_alerted_again(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The DAG-level callback of a run failed by a task (the task's own callback already alerted, with the error)."""
+    with caplog.at_level(logging.INFO, logger="covidflow.failures"):
+        on_failure({**context(), "reason": "task_failure"})
+    assert receiver.requests == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "FAILED dag=covidflow_freshness run=manual__1 task=check_freshness try=1 error=task_failure "
+        "(alerted by the failed task's callback)"
+    ]
+
+
+def test_a_run_failed_for_another_reason_is_alerted(receiver: Receiver) -> None:
+    on_failure({**context(), "reason": "timed_out"})
+    assert [body["text"] for _, _, body in receiver.requests] == [
+        "FAILED dag=covidflow_freshness run=manual__1 task=check_freshness try=1 error=timed_out"
+    ]
+
+
 def test_a_retry_is_logged_not_posted(receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="covidflow.failures"):
         on_retry(context(_exc()))
