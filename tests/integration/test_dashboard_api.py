@@ -45,15 +45,11 @@ def es_client() -> Any:
     return Elasticsearch(ES_URL, request_timeout=120)
 
 
-def index_samples(es: Any) -> int:
-    """(Re)create the test index from the generated template and fill it with the samples' records."""
-    from elasticsearch import helpers
-
-    es.options(ignore_status=404).indices.delete(index=INDEX)
-    tpl = generate_template()["template"]
-    es.indices.create(index=INDEX, settings=tpl["settings"], mappings=tpl["mappings"], aliases={ALIAS: {}})
+def sample_documents(sources: tuple[str, ...]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The sources' sample records, plus an older vintage of Paris 2020-04-01 (value -1) that no panel may show;
+    also returns the Paris record itself."""
     docs = []
-    for source in SOURCES:
+    for source in sources:
         spec = find_spec(source)
         records, _ = run_file(spec, spec.sample_path)
         docs.extend(records)
@@ -68,7 +64,17 @@ def index_samples(es: Any) -> int:
     )
     old = copy.deepcopy(paris)
     old.update(record_id="old-vintage-paris", value=OLD_VINTAGE_VALUE, vintage=dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
-    docs.append(old)
+    return [*docs, old], paris
+
+
+def index_samples(es: Any) -> int:
+    """(Re)create the test index from the generated template and fill it with the samples' records."""
+    from elasticsearch import helpers
+
+    es.options(ignore_status=404).indices.delete(index=INDEX)
+    tpl = generate_template()["template"]
+    es.indices.create(index=INDEX, settings=tpl["settings"], mappings=tpl["mappings"], aliases={ALIAS: {}})
+    docs, _ = sample_documents(SOURCES)
     actions = ({"_index": INDEX, "_id": d["record_id"], "_source": d} for d in docs)
     ok, errors = helpers.bulk(es, actions, chunk_size=2000, raise_on_error=False, refresh="wait_for")
     assert not errors, errors[:3]

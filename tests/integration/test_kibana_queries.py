@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import datetime as dt
 import os
 from collections import defaultdict
 from collections.abc import Iterator
@@ -24,11 +23,10 @@ from html.parser import HTMLParser
 from typing import Any
 
 import pytest
+from test_dashboard_api import sample_documents
 
 from covidflow import PROJECT_ROOT
-from covidflow.catalog.specs import find_spec
 from covidflow.index.es_template import generate_template
-from covidflow.normalise.preview import run_file
 from covidflow.show import kibana
 from covidflow.show.es_queries import variant_family
 
@@ -43,7 +41,6 @@ SPF_CSV = (
 )
 GERSTUNG_MD = PROJECT_ROOT / "include/samples/gerstung_variant_growth_share/README_2022-11-15.md"
 DEPARTMENTS_CSV = PROJECT_ROOT / "include/locations/fr_departments.csv"
-OLD_VINTAGE_VALUE = -1.0  # an older vintage of Paris 2020-04-01 that the series must NOT show
 SYNTHETIC_SOURCE = "kibana_test_variants"
 # Variants around the BF.7 family's edges, indexed only to check the runtime field against variant_family.
 EDGE_VARIANTS = ("BF.7", "BF.7.4.1", "BF.70", "BA.5.2.1.7", "BA.5.2.1", "BQ.1.1", "XBB.1.5-like", "all")
@@ -82,23 +79,7 @@ def last_value(agg: dict[str, Any]) -> float:
 
 
 def _documents() -> list[dict[str, Any]]:
-    docs: list[dict[str, Any]] = []
-    for source in SOURCES:
-        spec = find_spec(source)
-        records, _ = run_file(spec, spec.sample_path)
-        docs.extend(records)
-    paris = next(
-        d
-        for d in docs
-        if d["source_id"] == "spf_donnees_hospitalieres"
-        and d["location_key"] == "FR-D75"
-        and d["date"] == dt.date(2020, 4, 1)
-        and d["metric"] == "hospital_occupancy"
-        and d["sex"] == "all"
-    )
-    old = copy.deepcopy(paris)
-    old.update(record_id="old-vintage-paris", value=OLD_VINTAGE_VALUE, vintage=dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
-    docs.append(old)
+    docs, paris = sample_documents(SOURCES)
     for n, variant in enumerate(EDGE_VARIANTS):
         edge = copy.deepcopy(paris)
         edge.update(record_id=f"edge-variant-{n}", source_id=SYNTHETIC_SOURCE, variant=variant, value=1.0)
