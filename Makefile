@@ -24,7 +24,10 @@ venv: $(STAMP)  ## Create the virtualenv and install the locked requirements.
 lock: ## Rewrite constraints.txt from the current virtualenv (after changing requirements.txt).
 	$(BIN)/pip freeze --exclude-editable | grep -v '^covidflow' > constraints.txt
 
-up: venv  ## Fetch what is missing and start the local stack (idempotent).
+prereqs:  ## Check the system prerequisites (JDK 17, Maven, setpriv, setfacl); installs the missing ones as root on Debian.
+	bash scripts/prereqs.sh
+
+up: venv prereqs  ## Fetch what is missing and start the local stack (idempotent).
 	$(COVIDFLOW) stack up
 
 status: venv  ## One line per service.
@@ -66,4 +69,4 @@ test: venv  ## Everything: lint, unit and DAG tests, then the stack and the inte
 bench: venv  ## Benchmarks (see bench/README.md).
 	$(BIN)/python bench/read_throughput.py
 
-.PHONY: help venv lock compose browser up status down reset demo audit lint unit integration test bench
+.PHONY: help prereqs venv lock compose browser up status down reset demo audit lint unit integration test bench

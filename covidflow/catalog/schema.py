@@ -17,7 +17,7 @@ import yaml
 from covidflow import PROJECT_ROOT
 
 SCHEMA_PATH = PROJECT_ROOT / "include" / "schemas" / "observation.yaml"
-_STORES = ("cql", "es", "spark")
+_STORES = ("cql", "es", "spark", "arrow")
 
 
 class SchemaError(ValueError):
@@ -56,7 +56,7 @@ class ObservationSchema:
         raise KeyError(name)
 
     def store_type(self, field: Field, store: str) -> str:
-        """The type of ``field`` in ``store`` (cql, es or spark)."""
+        """The type of ``field`` in ``store`` (cql, es, spark or arrow)."""
         return self.types[field.type][store]
 
 
@@ -125,3 +125,35 @@ def record_id(record: dict[str, Any], schema: ObservationSchema | None = None) -
         value = record[name]
         parts.append(value.isoformat() if hasattr(value, "isoformat") else str(value))
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
+
+
+def _arrow_type(spelled: str) -> Any:
+    import pyarrow as pa
+
+    simple = {
+        "string": pa.string(),
+        "int32": pa.int32(),
+        "int64": pa.int64(),
+        "float64": pa.float64(),
+        "double": pa.float64(),
+        "date32": pa.date32(),
+        "timestamp_utc": pa.timestamp("us", tz="UTC"),
+    }
+    spelled = spelled.replace(" ", "")
+    if spelled.startswith("struct<") and spelled.endswith(">"):
+        parts = [p.split(":", 1) for p in spelled[len("struct<") : -1].split(",")]
+        return pa.struct([pa.field(name, _arrow_type(typ)) for name, typ in parts])
+    return simple[spelled]
+
+
+def arrow_schema(schema: ObservationSchema | None = None) -> Any:
+    """The ``pyarrow.Schema`` of canonical record batches: the schema's fields, types and nullability, in order.
+
+    What the columnar normalisation core produces and the store writers consume (pyarrow imported here only).
+    """
+    import pyarrow as pa
+
+    schema = schema or load_schema()
+    return pa.schema(
+        [pa.field(f.name, _arrow_type(schema.store_type(f, "arrow")), nullable=f.nullable) for f in schema.fields]
+    )
