@@ -152,11 +152,17 @@ def _semantic(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
 def load_spec(path: Path | str) -> SourceSpec:
     """Load and validate one spec; raise SpecError listing every problem with file, line and field."""
     path = Path(path)
-    name = str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError([SpecProblem(name, None, "", f"cannot read: {exc}")]) from None
+        raise SpecError([SpecProblem(str(path), None, "", f"cannot read: {exc}")]) from None
+    return parse_spec(text, path)
+
+
+def parse_spec(text: str, path: Path | str) -> SourceSpec:
+    """Validate a spec's text as if read from ``path`` (the stream gets specs as text from its driver)."""
+    path = Path(path)
+    name = str(path)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
