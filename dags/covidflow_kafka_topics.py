@@ -6,7 +6,6 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
-from covidflow import settings
 from covidflow.ops.callbacks import dag_defaults, on_failure
 
 DOC = """
@@ -33,13 +32,9 @@ auto-creation is never relied on. Run it once after `covidflow stack up`, and af
 def covidflow_kafka_topics() -> None:
     @task
     def ensure_topics() -> dict[str, str]:
-        from airflow.providers.apache.kafka.hooks.client import KafkaAdminClientHook
+        from covidflow.publish.topics import ensure_project_topics
 
-        from covidflow.publish.config import topics_config
-        from covidflow.publish.topics import ensure_topics as ensure
-
-        admin = KafkaAdminClientHook(kafka_config_id=settings.CONN_KAFKA).get_conn
-        return ensure(admin, topics_config())
+        return ensure_project_topics()
 
     ensure_topics()
 

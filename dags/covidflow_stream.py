@@ -21,7 +21,9 @@ Every 5 minutes:
    job's heartbeat (last batch time and stats, input/processing rate, Kafka offsets behind) and the lag
    (raw topic high watermarks minus the checkpoint's committed offsets). Logged, and returned as XCom.
 2. **`needs_start`**: short-circuits when the stream is alive.
-3. **`submit_stream`**: `SparkSubmitOperator` (conn `covidflow_spark`, Kafka connector jars from the cache, the
+3. **`ensure_topics`**: creates or converges the Kafka topics from `include/config/topics.yaml` (the job itself
+   never creates a topic, and stops naming a missing one).
+4. **`submit_stream`**: `SparkSubmitOperator` (conn `covidflow_spark`, Kafka connector jars from the cache, the
    `covidflow` package and `include/` shipped as an archive) starts the job **from its checkpoint**. It
    re-checks the master right before submitting, so two copies never run; at most one instance of this task
    runs at a time. The task then lives as long as the stream does; if the driver dies, the task fails and its
@@ -63,6 +65,13 @@ def covidflow_stream() -> None:
     def needs_start(health: dict[str, Any]) -> bool:
         return not health["alive"]
 
+    @task
+    def ensure_topics() -> dict[str, str]:
+        """The job never creates topics: they are made here, as topics.yaml declares, before it starts."""
+        from covidflow.publish.topics import ensure_project_topics
+
+        return ensure_project_topics()
+
     submit = StreamSubmitOperator(
         task_id="submit_stream",
         conn_id=settings.CONN_SPARK,
@@ -73,7 +82,7 @@ def covidflow_stream() -> None:
         retries=3,
         retry_delay=timedelta(seconds=30),
     )
-    needs_start(stream_health()) >> submit
+    needs_start(stream_health()) >> ensure_topics() >> submit
 
 
 covidflow_stream()

@@ -64,3 +64,16 @@ def ensure_topics(admin: Any, topics: Mapping[str, Mapping[str, Any]], timeout: 
     for name, action in actions.items():
         log.info("topic %s: %s", name, action)
     return actions
+
+
+def ensure_project_topics() -> dict[str, str]:
+    """``ensure_topics`` for include/config/topics.yaml through the covidflow_kafka connection's admin client.
+
+    The one path the topics DAG, the stream DAG (before it submits the job) and the test set-up all take.
+    """
+    from airflow.providers.apache.kafka.hooks.client import KafkaAdminClientHook
+
+    from covidflow import settings
+    from covidflow.publish.config import topics_config
+
+    return ensure_topics(KafkaAdminClientHook(kafka_config_id=settings.CONN_KAFKA).get_conn, topics_config())

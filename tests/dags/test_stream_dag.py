@@ -22,9 +22,10 @@ def dag():
 
 
 def test_shape_and_metadata(dag) -> None:
-    assert set(dag.task_ids) == {"stream_health", "needs_start", "submit_stream"}
+    assert set(dag.task_ids) == {"stream_health", "needs_start", "ensure_topics", "submit_stream"}
     assert dag.get_task("needs_start").upstream_task_ids == {"stream_health"}
-    assert dag.get_task("submit_stream").upstream_task_ids == {"needs_start"}
+    assert dag.get_task("ensure_topics").upstream_task_ids == {"needs_start"}
+    assert dag.get_task("submit_stream").upstream_task_ids == {"ensure_topics"}
     assert "stream" in dag.tags and dag.doc_md and "0010-stream-supervision" in dag.doc_md
     assert dag.catchup is False and dag.max_active_runs == 2
 
