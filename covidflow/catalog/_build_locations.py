@@ -1,19 +1,28 @@
-"""One-off generator of include/locations/{countries,fr_departments}.csv from Debian's iso-codes.
+"""Generators of the registry's data files in include/locations/ (docs/locations.md).
 
-Run once (``apt-get install iso-codes``; ``python -m covidflow.catalog._build_locations``) and commit the
-CSVs; the project then reads only the CSVs. iso-codes is LGPL-2.1+ data from ISO 3166-1/-2
-(https://salsa.debian.org/iso-codes-team/iso-codes); French names come from its fr translation.
-Regions, collectivities, aggregates and aliases are written by hand (see docs/locations.md).
+- ``countries.csv`` and ``fr_departments.csv``: one-off, from Debian's iso-codes (``apt-get install iso-codes``;
+  ``python -m covidflow.catalog._build_locations``). iso-codes is LGPL-2.1+ data from ISO 3166-1/-2
+  (https://salsa.debian.org/iso-codes-team/iso-codes); French names come from its fr translation.
+- ``subdivisions.csv``: the ISO 3166-2 subdivisions of every country but France, from the pinned ``pycountry``
+  package (``python -m covidflow.catalog._build_locations subdivisions``). A unit test checks that the committed
+  file equals :func:`subdivision_rows`, so a pycountry upgrade shows up as a test failure, not a silent drift.
+
+The project reads only the committed CSVs at run time (pycountry is needed by this script and that test only).
+Regions, collectivities, aggregates and aliases are written by hand.
 """
 
 from __future__ import annotations
 
 import csv
 import gettext
+import io
 import json
+import re
+import sys
 from pathlib import Path
 
 from covidflow import PROJECT_ROOT
+from covidflow.catalog.locations import normalise_name
 
 ISO = Path("/usr/share/iso-codes/json")
 OUT = PROJECT_ROOT / "include" / "locations"
@@ -52,5 +61,71 @@ def build() -> None:
             w.writerow([f"FR-D{code}", code, NAME_FIXES.get(d["code"], d["name"]), region, f"FR-R{region}", d["code"]])
 
 
+SUBDIVISIONS_HEADER = ["key", "iso_3166_2", "name", "type", "country_key", "parent_key", "match_names"]
+#: France's places are the INSEE-coded keys of fr_*.csv (ADR 0003); ISO 3166-2:FR must not add a second key.
+SUBDIVISION_COUNTRIES_SKIPPED = frozenset({"FR"})
+#: Chinese subdivision names carry their type ("Guangdong Sheng"); files write the bare name ("Guangdong").
+_CN_SUFFIXES = re.compile(r"\s+(Sheng|Shi|Zizhiqu|Huizu Zizhiqu|Zhuangzu Zizhiqu|Uygur Zizhiqu|SAR)$")
+
+
+def _is_that_country(name: str, country: dict[str, str]) -> bool:
+    """NL-SX "Sint Maarten" is the country SX, CN-HK "Hong Kong SAR" is HK: one key per real place."""
+    sub = normalise_name(name)
+    for col in ("name", "common_name", "official_name"):
+        other = normalise_name(country[col])
+        if other and (sub.startswith(other) or other.startswith(sub)):
+            return True
+    return False
+
+
+def subdivision_rows(countries_csv: Path = OUT / "countries.csv") -> list[list[str]]:
+    """Rows of subdivisions.csv, sorted by ISO code: the ISO 3166-2 data of the installed pycountry.
+
+    ``key`` is the ISO 3166-2 code (``AU-ACT``), or the country key when the subdivision is itself an ISO 3166-1
+    country (``NL-SX`` -> ``SX``); ``parent_key`` is the ISO parent subdivision (``GB-LND`` -> ``GB-ENG``) or
+    the country.
+    """
+    import pycountry  # the build script's own dependency; nothing at run time imports it
+
+    with countries_csv.open(encoding="utf-8", newline="") as fh:
+        countries = {r["alpha2"]: r for r in csv.DictReader(fh)}
+    subs = sorted(pycountry.subdivisions, key=lambda s: s.code)
+    same = {}
+    for s in subs:
+        suffix = s.code.split("-", 1)[1]
+        if suffix in countries and suffix != s.country_code and _is_that_country(s.name, countries[suffix]):
+            same[s.code] = countries[suffix]["key"]
+    rows = []
+    for s in subs:
+        if s.country_code in SUBDIVISION_COUNTRIES_SKIPPED:
+            continue
+        country_key = countries[s.country_code]["key"]
+        parent = s.parent_code
+        parent_key = same.get(parent, parent) if parent else country_key
+        names = [s.name]
+        if s.country_code == "CN" and _CN_SUFFIXES.search(s.name):
+            names.append(_CN_SUFFIXES.sub("", s.name))
+        # Names as the registry matches them (normalise_name), computed here so start-up does no Unicode work.
+        match = "|".join(dict.fromkeys(normalise_name(n) for n in names))
+        rows.append([same.get(s.code, s.code), s.code, s.name, s.type, country_key, parent_key, match])
+    return rows
+
+
+def subdivisions_csv() -> str:
+    """The exact text of include/locations/subdivisions.csv."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SUBDIVISIONS_HEADER)
+    w.writerows(subdivision_rows())
+    return buf.getvalue()
+
+
+def build_subdivisions() -> None:
+    (OUT / "subdivisions.csv").write_text(subdivisions_csv(), encoding="utf-8")
+
+
 if __name__ == "__main__":
-    build()
+    if sys.argv[1:] == ["subdivisions"]:
+        build_subdivisions()
+    else:
+        build()

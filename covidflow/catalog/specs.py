@@ -23,6 +23,8 @@ from covidflow.catalog.metrics import load_metrics
 SOURCES_DIR = PROJECT_ROOT / "include" / "sources"
 SAMPLES_DIR = PROJECT_ROOT / "include" / "samples"
 SPEC_SCHEMA_PATH = PROJECT_ROOT / "include" / "schemas" / "source_spec.schema.json"
+#: Columns a spec may read from the landed object's name rather than from the records (``object.pattern``).
+OBJECT_FIELD_PREFIX = "@object."
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,45 @@ class SourceSpec:
     def sample_path(self) -> Path | None:
         sample = self.data.get("sample")
         return SAMPLES_DIR / sample if sample else None
+
+
+@cache
+def _object_regex(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def object_fields(spec_data: dict[str, Any], object_key: str) -> dict[str, str]:
+    """Constant columns of every record of one object, read from its file name by the spec's ``object.pattern``.
+
+    Each named group becomes ``@object.<group>`` (JHU's ``time_series_covid19_deaths_global.csv`` ->
+    ``{"@object.metric": "deaths"}``), which the spec then maps like any column (``metric: {column: ...}``).
+    The one implementation: the per-record core merges it into each raw record, the columnar core appends it as
+    constant columns. Empty when the spec has no ``object`` rule or the name does not match (preview warns).
+    """
+    rule = spec_data.get("object")
+    if not rule:
+        return {}
+    m = _object_regex(rule["pattern"]).search(object_key.rsplit("/", 1)[-1])
+    if not m:
+        return {}
+    return {f"{OBJECT_FIELD_PREFIX}{k}": v for k, v in m.groupdict().items() if v is not None}
+
+
+def _columns_read(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    """(spec path, column) of every column a spec reads by name, for checks on reserved names."""
+    out: list[tuple[tuple[Any, ...], str]] = []
+    metric = data.get("metric")
+    if isinstance(metric, dict):
+        out.append((("metric", "column"), metric["column"]))
+    for name, rule in (data.get("dimensions") or {}).items():
+        if isinstance(rule, dict):
+            out.append((("dimensions", name, "column"), rule["column"]))
+    for i, f in enumerate(data.get("filters") or []):
+        out.append((("filters", i, "column"), f["column"]))
+    loc = data.get("location") or {}
+    out += [(("location", "column"), loc["column"])] if loc.get("column") else []
+    out += [(("location", "columns", i), c) for i, c in enumerate(loc.get("columns") or [])]
+    return out
 
 
 def _lines(node: yaml.Node, path: tuple[Any, ...] = (), out: dict[tuple[Any, ...], int] | None = None) -> dict:
@@ -125,7 +166,7 @@ def _semantic(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
                 problems.append(((section, key, i), f"{name!r} is not a metric in include/metrics.yaml"))
     registry = load_registry()
     for raw, key in ((data.get("location") or {}).get("aliases") or {}).items():
-        if key not in registry.places:
+        if not registry.knows(key):
             problems.append((("location", "aliases", raw), f"{key!r} is not a key in include/locations/"))
     regexes = [
         (("unpivot", "columns"), (data.get("unpivot") or {}).get("columns")),
@@ -141,6 +182,20 @@ def _semantic(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
             re.compile(rx)
         except re.error as exc:
             problems.append((path, f"invalid regular expression: {exc}"))
+    object_rule = data.get("object") or {}
+    groups: set[str] = set()
+    if object_rule:
+        try:
+            groups = set(re.compile(object_rule["pattern"]).groupindex)
+        except re.error as exc:
+            problems.append((("object", "pattern"), f"invalid regular expression: {exc}"))
+        else:
+            if not groups:
+                problems.append((("object", "pattern"), "needs at least one named group, e.g. (?P<metric>[a-z]+)"))
+    for path, column in _columns_read(data):
+        if column.startswith(OBJECT_FIELD_PREFIX) and column[len(OBJECT_FIELD_PREFIX) :] not in groups:
+            where = "object.pattern has no such named group" if object_rule else "the spec has no object.pattern"
+            problems.append((path, f"{column!r} reads the object's name, but {where}"))
     vintage = data.get("vintage") or {}
     if vintage.get("from") == "file_name" and "(?P<date>" not in (vintage.get("pattern") or ""):
         problems.append((("vintage", "pattern"), "from: file_name needs a pattern with a group named date"))

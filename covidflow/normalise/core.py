@@ -22,7 +22,7 @@ from typing import Any
 from covidflow.catalog.locations import Location, LocationRegistry, load_registry
 from covidflow.catalog.metrics import Metric, load_metrics
 from covidflow.catalog.schema import ObservationSchema, load_schema, record_id
-from covidflow.catalog.specs import SourceSpec
+from covidflow.catalog.specs import SourceSpec, object_fields
 from covidflow.read.base import RawRecord, RawReject
 
 HOOK_PREFIX = "covidflow.sources.hooks."
@@ -161,6 +161,7 @@ class Normaliser:
         self.maximum = {m: 100.0 for m, meta in self.metrics.items() if meta.kind == "share"} | rules.get("max", {})
         self.vintage = d["vintage"]
         self.vintage_rx = re.compile(self.vintage["pattern"]) if self.vintage.get("pattern") else None
+        self._object_fields: tuple[str, dict[str, str]] = ("", {})  # (object key, its @object.* columns)
 
     # -- public -------------------------------------------------------------------------------------------
 
@@ -170,8 +171,11 @@ class Normaliser:
         if isinstance(raw, RawReject):
             result.rejects.append(self._reject(raw.index, raw.line, prov, "(record)", "unreadable record", raw.reason))
             return result
+        if self._object_fields[0] != prov.object_key:  # constant per object: computed once per object
+            self._object_fields = (prov.object_key, object_fields(self.spec.data, prov.object_key))
+        fields = {**raw.fields, **self._object_fields[1]} if self._object_fields[1] else raw.fields
         try:
-            rows = list(self.hook(dict(raw.fields))) if self.hook else [raw.fields]
+            rows = list(self.hook(dict(fields))) if self.hook else [fields]
         except Exception as exc:  # a hook bug must not kill the stream: reject the record, name the error
             result.rejects.append(self._reject(raw.index, raw.line, prov, "(hook)", "hook failed", repr(exc)))
             return result
@@ -234,7 +238,8 @@ class Normaliser:
             if value.startswith(prefix):
                 scheme, code = prefix_scheme, value[len(prefix) :]
                 break
-        place = self.registry.resolve(code, scheme)
+        country = row.get(spec["country_column"]) if spec.get("country_column") else None
+        place = self.registry.resolve(code, scheme, country=None if country is None else str(country))
         if place is None:
             raise _RowReject(column, f"unknown location ({scheme})", value)
         return place

@@ -135,8 +135,53 @@ def test_jhu_wide_dates_and_provinces() -> None:
     # line 12: St Martin -> collectivity FR-C978, 3/9/23 = 12271
     assert one(recs, location_key="FR-C978", date=date(2023, 3, 9))["value"] == 12271
     assert pick(recs, location_key="KR")  # "Korea, South"
-    # 19 rows x 1,143 date columns (1/22/20 .. 3/9/23)
+    # 19 rows x 1,143 date columns (1/22/20 .. 3/9/23); the metric comes from the file name ("confirmed")
     assert (summary.rows_read, summary.records_out, summary.reject_count) == (19, 19 * 1143, 0)
+    assert {r["metric"] for r in recs} == {"cases_cumulative"}
+
+
+JHU_DEATHS = (
+    SAMPLES / "jhu_csse_time_series_global" / "time_series_covid19_deaths_global_AU-CA-UK_2023-03-08_to_2023-03-09.csv"
+)
+
+
+def test_jhu_deaths_file_same_spec_right_metric_and_provinces_resolved() -> None:
+    spec = find_spec("jhu_csse_time_series_global")
+    records, summary = run_file(spec, JHU_DEATHS, prov("jhu_csse_time_series_global", JHU_DEATHS))
+    recs = list(records)
+    assert {r["metric"] for r in recs} == {"deaths_cumulative"}  # the file name says deaths
+    # line 20: Ontario,Canada,51.2538,-85.3232,16186,16234
+    r = one(recs, location_key="CA-ON", date=date(2023, 3, 9))
+    assert r["value"] == 16234 and r["location_level"] == "subdivision" and r["location_parent_key"] == "CA"
+    assert r["location_point"] == {"lat": 51.2538, "lon": -85.3232} and r["metric_kind"] == "cumulative"
+    assert one(recs, location_key="CA-ON", date=date(2023, 3, 8))["value"] == 16186
+    # line 2: Australian Capital Territory,Australia,-35.4735,149.0124,228,228
+    act = one(recs, location_key="AU-ACT", date=date(2023, 3, 9))
+    assert act["value"] == 228 and act["location_name"] == "Australian Capital Territory"
+    # line 22: Quebec,...,18153,18160; line 8: Victoria,Australia,...,7338,7370 (Victoria is scoped by Australia)
+    assert one(recs, location_key="CA-QC", date=date(2023, 3, 9))["value"] == 18160
+    assert one(recs, location_key="AU-VIC", date=date(2023, 3, 9))["value"] == 7370
+    # UK rows: territories are ISO countries (line 30: Gibraltar ... 111,111), the empty province is the UK itself
+    assert one(recs, location_key="GI", date=date(2023, 3, 9))["value"] == 111
+    assert one(recs, location_key="GB", date=date(2023, 3, 9))["value"] == 219948  # line 38
+    assert one(recs, location_key="PN", date=date(2023, 3, 9))["value"] == 0  # "Pitcairn Islands"
+    assert one(recs, location_key="AGG-CHANNEL-ISLANDS", date=date(2023, 3, 9))["value"] == 0  # line 28
+    # 37 rows x 2 date columns; Diamond Princess, Grand Princess and Repatriated Travellers are explained skips
+    assert (summary.rows_read, summary.records_out, summary.reject_count) == (37, 34 * 2, 0)
+    assert sum(summary.skips.values()) == 3 * 2
+    assert len({r["location_key"] for r in recs}) == 34  # every AU, CA and UK place row resolved, none merged
+
+
+def test_jhu_metric_follows_the_object_name(tmp_path: Path) -> None:
+    spec = find_spec("jhu_csse_time_series_global")
+    recovered = tmp_path / "time_series_covid19_recovered_global.csv"
+    recovered.write_bytes(JHU_DEATHS.read_bytes())
+    records, _ = run_file(spec, recovered, prov("jhu_csse_time_series_global", recovered))
+    assert {r["metric"] for r in records} == {"recovered_cumulative"}
+    other = tmp_path / "jhu-export.csv"  # no metric in the name: every row says so, nothing is guessed
+    other.write_bytes(JHU_DEATHS.read_bytes())
+    records, summary = run_file(spec, other, prov("jhu_csse_time_series_global", other))
+    assert list(records) == [] and summary.rejects[("@object.metric", "missing column")] == 34 * 2
 
 
 def test_opencovid_csv_keeps_each_upstream() -> None:
