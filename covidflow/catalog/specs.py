@@ -150,6 +150,11 @@ def _semantic(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
             if opt not in READER_OPTIONS[fmt]:
                 accepted = ", ".join(sorted(READER_OPTIONS[fmt]))
                 problems.append((("reader", opt), f"option {opt!r} is not accepted by format {fmt} ({accepted})"))
+        if fmt in ("json", "yaml") and isinstance(data.get("reader"), dict):
+            from covidflow.read.jsondoc import nested_options_problems
+
+            path = ("reader", "records") if "records" in data["reader"] else ("reader",)
+            problems += [(path, message) for message in nested_options_problems(data["reader"])]
     for col, name in (data.get("metrics") or {}).items():
         if name not in metrics:
             problems.append((("metrics", col), f"{name!r} is not a metric in include/metrics.yaml"))

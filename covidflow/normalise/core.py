@@ -24,6 +24,7 @@ from covidflow.catalog.metrics import Metric, load_metrics
 from covidflow.catalog.schema import ObservationSchema, load_schema, record_id
 from covidflow.catalog.specs import SourceSpec, object_fields
 from covidflow.read.base import RawRecord, RawReject
+from covidflow.read.jsondoc import IGNORED_PREFIX
 
 HOOK_PREFIX = "covidflow.sources.hooks."
 _ISO_WEEK = re.compile(r"^(\d{4})-W?(\d{1,2})$")
@@ -162,6 +163,7 @@ class Normaliser:
         self.vintage = d["vintage"]
         self.vintage_rx = re.compile(self.vintage["pattern"]) if self.vintage.get("pattern") else None
         self._object_fields: tuple[str, dict[str, str]] = ("", {})  # (object key, its @object.* columns)
+        self._nested = "records" in (d.get("reader") or {})  # nested documents: lists dropped as @ignored.*
 
     # -- public -------------------------------------------------------------------------------------------
 
@@ -174,6 +176,10 @@ class Normaliser:
         if self._object_fields[0] != prov.object_key:  # constant per object: computed once per object
             self._object_fields = (prov.object_key, object_fields(self.spec.data, prov.object_key))
         fields = {**raw.fields, **self._object_fields[1]} if self._object_fields[1] else raw.fields
+        if self._nested:  # the reader dropped lists inside the record (individual cases): say so
+            ignored = {k: v for k, v in fields.items() if k.startswith(IGNORED_PREFIX)}
+            result.skips += [Skip(raw.index, k[len(IGNORED_PREFIX) :], str(v)) for k, v in ignored.items()]
+            fields = {k: v for k, v in fields.items() if k not in ignored} if ignored else fields
         try:
             rows = list(self.hook(dict(fields))) if self.hook else [fields]
         except Exception as exc:  # a hook bug must not kill the stream: reject the record, name the error
