@@ -92,3 +92,28 @@ def credentials() -> None:
     access_key, secret_key = s3_credentials(home)
     click.echo(f"airflow  user {ADMIN_USER}  password {admin_password(home)}")
     click.echo(f"s3       access key {access_key}  secret key {secret_key}")
+
+
+@stack.command("env")
+def env_() -> None:
+    """Print the exports (and Kafka tool functions) that point airflow, cqlsh and Kafka's tools at the stack.
+
+    Use: eval "$(covidflow stack env)"; then `airflow dags list`, `cqlsh`, `kafka-topics --list`.
+    """
+    from covidflow.stack.home import StackHome
+    from covidflow.stack.oncall import cqlsh_bin, oncall_env, shell_script
+
+    home = StackHome.from_env()
+    click.echo(shell_script(oncall_env(home)), nl=False)
+    if not cqlsh_bin(home).exists():
+        click.echo("# cqlsh and Kafka's tools are not fetched yet: run `covidflow stack tools` once", err=True)
+
+
+@stack.command()
+def tools() -> None:
+    """Fetch the on-call tools once: cqlsh (PyPI, own virtualenv) and Kafka's tools jar (Maven Central)."""
+    from covidflow.stack.home import StackHome
+    from covidflow.stack.oncall import install_tools
+
+    for line in install_tools(StackHome.from_env()):
+        click.echo(line)

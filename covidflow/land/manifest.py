@@ -9,6 +9,7 @@ See docs/decisions/0006-ingest-manifest.md.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -54,3 +55,14 @@ class S3Manifest:
         body = json.dumps({"object": obj.to_dict(), "summary": summary}, sort_keys=True, default=str)
         self.client.put_object(Bucket=self.bucket, Key=key, Body=body.encode(), ContentType="application/json")
         return key
+
+
+def seen_from_keys(manifest_prefix: str, source_id: str, keys: Iterable[str]) -> set[tuple[str, str]]:
+    """The published (key, etag) pairs named by a listing of marker keys: what ``S3Manifest.seen`` computes,
+    for callers that list with another client (the triggerer's async one)."""
+    pairs: set[tuple[str, str]] = set()
+    for key in keys:
+        pair = parse_marker(manifest_prefix, source_id, key)
+        if pair:
+            pairs.add(pair)
+    return pairs

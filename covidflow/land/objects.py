@@ -111,3 +111,37 @@ def object_vintage(spec: Mapping[str, Any], obj: LandedObject) -> str:
             day, hm = named
             return day.isoformat() if hm is None else datetime.combine(day, hm, tzinfo=UTC).isoformat()
     return obj.last_modified
+
+
+class RerunRequestError(ValueError):
+    """A re-run request that names nothing of the source (unknown key, a prefix outside the landing prefix)."""
+
+
+def select_rerun(
+    objects: Iterable[LandedObject],
+    prefix: str,
+    patterns: Iterable[str],
+    *,
+    key: str | None = None,
+    key_prefix: str | None = None,
+) -> list[LandedObject]:
+    """The source's objects to publish again whatever the manifest says: one ``key``, every key under
+    ``key_prefix``, or (neither given) all of them; oldest first, like ``select_new``.
+
+    A request that selects nothing is an error, not an empty run: a typo in the UI must not look like success.
+    """
+    patterns = list(patterns)
+    mine = [o for o in objects if matches(o.key, prefix, patterns)]
+    if key:
+        chosen = [o for o in mine if o.key == key]
+        if not chosen:
+            raise RerunRequestError(f"{key!r} is not an object of this source (under {prefix!r}, matching {patterns})")
+    elif key_prefix:
+        if not (key_prefix.startswith(prefix) or prefix.startswith(key_prefix)):
+            raise RerunRequestError(f"prefix {key_prefix!r} is outside the source's landing prefix {prefix!r}")
+        chosen = [o for o in mine if o.key.startswith(key_prefix)]
+        if not chosen:
+            raise RerunRequestError(f"no object of this source under {key_prefix!r} (matching {patterns})")
+    else:
+        chosen = mine
+    return sorted(chosen, key=lambda o: (o.last_modified, o.key))

@@ -46,10 +46,20 @@ def source_asset(source_id: str) -> Asset:
     )
 
 
-def sensor_key(prefix: str, patterns: list[str]) -> str:
-    """The S3KeySensor wildcard: exact for one pattern; for several, any object under the prefix (the select
-    task applies the patterns precisely) since a list of keys would make the sensor wait for all of them."""
-    return f"{prefix}{patterns[0]}" if len(patterns) == 1 else f"{prefix}*"
+def ingest_params(prefix: str) -> dict[str, Param]:
+    """The DAG's params: the UI's "Trigger DAG" form, and the conf of ``covidflow ingest rerun``."""
+    from covidflow.publish import rerun
+
+    return {
+        "bucket": Param(settings.LANDING_BUCKET, type="string", description="Landing bucket to read"),
+        rerun.KEY: Param(
+            "", type="string", title="Re-publish one object", description=f"Full key, e.g. {prefix}<file name>"
+        ),
+        rerun.PREFIX: Param(
+            "", type="string", title="Re-publish a key prefix", description=f"Keys starting with this ({prefix}...)"
+        ),
+        rerun.ALL: Param(False, type="boolean", title="Re-publish every object of the source"),
+    }
 
 
 def doc_md(spec: SourceSpec) -> str:
@@ -69,10 +79,12 @@ def doc_md(spec: SourceSpec) -> str:
 | format | `{d["format"]}` |
 | spec | `include/sources/{spec.path.name}` |
 
-Each run: `wait_for_objects` (deferrable S3KeySensor) -> `select_new_objects` (objects whose key + etag are not in
-the manifest) -> `publish` (one mapped task per object: records to `{RAW_TOPIC}`, rejects to the dead-letter
-topic, then the object is marked in the manifest). Nothing new -> `publish` is skipped. Trigger with
-`{{"bucket": "..."}}` to ingest from another bucket. See docs/ingestion.md.
+Scheduled runs follow each other (`@continuous`, one at a time): `wait_for_objects` waits in the triggerer until an
+object's key + etag is not in the manifest (skipped after the timeout) -> `select_new_objects` -> `publish` (one mapped
+task per object: records to `{RAW_TOPIC}`, rejects to the dead-letter topic, then the object is marked in the
+manifest). A run triggered by hand looks at once. **Re-run** (manifest ignored): trigger with `rerun_key` (one
+object), `rerun_prefix` (a key prefix) or `rerun_all`; CLI: `covidflow ingest rerun {spec.id} --key|--prefix|--all`.
+`bucket` ingests from another bucket. See docs/ingestion.md.
 """
 
 
@@ -109,27 +121,30 @@ def build_ingest_dag(spec: SourceSpec, config: dict[str, Any] | None = None) -> 
         doc_md=doc_md(spec),
         default_args=default_args,
         on_failure_callback=on_failure,
-        params={"bucket": Param(settings.LANDING_BUCKET, type="string", description="Landing bucket to read")},
+        # The reviewed spec is the gate: a new source's DAG runs as soon as it is parsed.
+        is_paused_upon_creation=False,
+        params=ingest_params(landing["prefix"]),
     ) as dag:
-        from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
+        from covidflow.land.sensor import NewObjectsSensor
 
-        wait = S3KeySensor(
+        wait = NewObjectsSensor(
             task_id="wait_for_objects",
+            source_id=source_id,
+            bucket="{{ params.bucket }}",
+            prefix=landing["prefix"],
+            patterns=list(landing["patterns"]),
+            manifest_prefix=config["manifest"]["prefix"],
             aws_conn_id=settings.CONN_S3,
-            bucket_name="{{ params.bucket }}",
-            bucket_key=sensor_key(landing["prefix"], list(landing["patterns"])),
-            wildcard_match=True,
-            deferrable=True,
             poke_interval=float(sensor_cfg["poke_interval_seconds"]),
             timeout=float(sensor_cfg["timeout_seconds"]),
-            soft_fail=True,  # nothing landed this interval: the run is skipped, not failed
+            soft_fail=True,  # nothing new within the timeout: the run is skipped, not failed
         )
 
         @task(task_id="select_new_objects")
         def select(source: str) -> list[dict[str, Any]]:
-            from covidflow.publish.ingest import select_new_objects
+            from covidflow.publish.ingest import select_objects
 
-            return select_new_objects(source, get_current_context()["params"]["bucket"])
+            return select_objects(source, get_current_context()["params"])
 
         @task(task_id="publish", outlets=[asset], max_active_tis_per_dag=1)
         def publish(obj: dict[str, Any], source: str) -> dict[str, Any]:

@@ -71,6 +71,31 @@ def select_new_objects(source_id: str, bucket: str) -> list[dict[str, Any]]:
     return [o.to_dict() for o in new]
 
 
+def select_objects(source_id: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """What one run publishes: the new objects, or, for a re-run (``rerun_*`` params), the chosen ones whatever
+    the manifest says (publishing them again marks them again: harmless)."""
+    from covidflow.land.objects import select_rerun
+    from covidflow.publish.rerun import parse_rerun
+
+    bucket = params["bucket"]
+    rerun = parse_rerun(params)
+    if rerun is None:
+        return select_new_objects(source_id, bucket)
+    landing = _spec(source_id)["landing"]
+    objects = list_objects(s3_client(), bucket, landing["prefix"])
+    chosen = select_rerun(objects, landing["prefix"], landing["patterns"], key=rerun.key, key_prefix=rerun.prefix)
+    log.info(
+        "re-run of %s in s3://%s/%s: %d object(s) listed, %d to publish again (manifest ignored): %s",
+        rerun.describe(),
+        bucket,
+        landing["prefix"],
+        len(objects),
+        len(chosen),
+        ", ".join(f"{o.key} ({o.etag})" for o in chosen) or "-",
+    )
+    return [o.to_dict() for o in chosen]
+
+
 def kafka_producer(txn_id: str | None) -> Any:
     """A confluent-kafka Producer from the covidflow_kafka connection plus include/config/ingest.yaml's settings.
 

@@ -37,18 +37,24 @@ def test_exactly_one_ingest_dag_per_spec(dagbag) -> None:
 @pytest.mark.parametrize("source_id", SPEC_IDS)
 def test_ingest_dag_shape(dagbag, source_id: str) -> None:
     import yaml
-    from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
+    from airflow.sdk.definitions.timetables.simple import ContinuousTimetable
+
+    from covidflow.land.sensor import NewObjectsSensor
 
     spec = yaml.safe_load((SOURCES / f"{source_id}.yaml").read_text(encoding="utf-8"))
     dag = dagbag.dags[f"ingest_{source_id}"]
     assert [t.task_id for t in dag.topological_sort()] == ["wait_for_objects", "select_new_objects", "publish"]
     sensor = dag.get_task("wait_for_objects")
-    assert isinstance(sensor, S3KeySensor)
-    assert sensor.deferrable and sensor.wildcard_match and sensor.soft_fail
-    assert sensor.aws_conn_id == "covidflow_s3"
-    assert sensor.bucket_name == "{{ params.bucket }}"
-    patterns = spec["landing"]["patterns"]
-    assert sensor.bucket_key == spec["landing"]["prefix"] + (patterns[0] if len(patterns) == 1 else "*")
+    assert isinstance(sensor, NewObjectsSensor)
+    assert sensor.soft_fail and sensor.poke_interval == 5 and sensor.timeout == 3600
+    assert sensor.aws_conn_id == "covidflow_s3" and sensor.manifest_prefix == "_manifest/"
+    assert sensor.bucket == "{{ params.bucket }}"
+    assert (sensor.source_id, sensor.prefix) == (source_id, spec["landing"]["prefix"])
+    assert sensor.patterns == spec["landing"]["patterns"]
+    # Scheduled runs follow each other and wait for new work; a new source's DAG starts active (ADR 0015).
+    assert isinstance(dag.timetable, ContinuousTimetable) and dag.is_paused_upon_creation is False
+    assert set(dag.params) == {"bucket", "rerun_key", "rerun_prefix", "rerun_all"}
+    assert dag.params["rerun_all"] is False and dag.params["rerun_key"] == dag.params["rerun_prefix"] == ""
     publish = dag.get_task("publish")
     assert publish.upstream_task_ids == {"select_new_objects"}
     assert [a.name for a in publish.outlets] == [f"covid.raw.v1.{source_id}"]
