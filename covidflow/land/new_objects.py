@@ -26,7 +26,7 @@ from covidflow.land.objects import LandedObject, from_listing, select_new
 
 log = logging.getLogger(__name__)
 
-CLASSPATH = "covidflow.land.trigger.NewObjectsTrigger"
+CLASSPATH = "covidflow.land.new_objects.NewObjectsTrigger"
 MAX_OBJECTS_IN_EVENT = 100  # the event is stored in the metadata database: keep it small
 
 NEW = "new"

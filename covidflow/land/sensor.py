@@ -1,4 +1,4 @@
-"""The ingest DAG's first task: wait, in the triggerer, until the source has new work (see trigger.py).
+"""The ingest DAG's first task: wait, in the triggerer, until the source has new work (see new_objects.py).
 
 Only scheduled runs wait. A run started by hand, by an asset event or a backfill looks at once (the select
 task decides what is new), and a re-run (``rerun_*`` params) needs no sensing at all.
@@ -11,7 +11,7 @@ from typing import Any
 
 from airflow.sdk import BaseSensorOperator
 
-from covidflow.land.trigger import NEW, YIELD, NewObjectsTrigger
+from covidflow.land.new_objects import NEW, YIELD, NewObjectsTrigger
 
 
 class NewObjectsSensor(BaseSensorOperator):

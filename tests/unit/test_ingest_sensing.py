@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from covidflow.land.manifest import marker_key, seen_from_keys
+from covidflow.land.new_objects import NewObjectsTrigger
 from covidflow.land.objects import LandedObject, RerunRequestError, select_rerun
-from covidflow.land.trigger import NewObjectsTrigger
 from covidflow.publish.rerun import RerunParamsError, parse_rerun, rerun_conf
 
 PREFIX = "who/covid19-global/"
@@ -148,7 +148,7 @@ def test_end_task_ends_the_sensor_itself_and_a_queued_run_makes_it_give_way() ->
 def test_serialize_round_trips() -> None:
     t = trigger(FakeS3(), dag_id="ingest_who", end_task=True)
     path, kwargs = t.serialize()
-    assert path == "covidflow.land.trigger.NewObjectsTrigger"
+    assert path == "covidflow.land.new_objects.NewObjectsTrigger"
     assert NewObjectsTrigger(**kwargs).serialize() == (path, kwargs)
 
 
