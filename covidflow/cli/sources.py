@@ -112,10 +112,9 @@ def preview(source_id: str, file: Path, limit: int, fmt: str) -> None:
         raise click.ClickException(str(exc)) from None
     for warning in landing_warnings(spec, file.name):
         click.echo(f"warning: {warning}", err=True)
-    records, summary = run_file(spec, file)
+    records, summary = run_file(spec, file, progress=True)  # progress on stderr when it is a terminal
     shown = list(itertools.islice(records, max(limit, 0)))
-    for _ in records:  # keep reading: the summary covers the whole file
-        pass
+    records.drain()  # keep reading (columnar, no dicts): the summary covers the whole file
     if fmt == "table":
         rows = [TABLE_COLUMNS, *[tuple(_plain(r[c]) for c in TABLE_COLUMNS) for r in shown]]
         click.echo(_table(rows))

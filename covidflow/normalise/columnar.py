@@ -1,0 +1,608 @@
+"""The columnar normalisation core: a spec compiled once into operations on Arrow record batches.
+
+Same output as :class:`covidflow.normalise.core.Normaliser` (records, rejects and skips, record for record, in
+the same order), without per-record Python for ordinary specs. How:
+
+- **Per distinct value, then take.** Every rule that reads a cell (places, dimension maps, metric maps, dates,
+  vintages from a column, filters, coordinates) is evaluated once per *distinct* value of the columns it reads
+  in the batch, by the per-record core's own method, and the answers are spread to the rows with Arrow/NumPy
+  ``take``. Publisher files repeat these values (a hundred departments, one day per batch), so this is a few
+  hundred Python calls per 65k rows, and the semantics are the core's by construction (``strptime``, name
+  matching, ``str()`` of typed cells, the order of the checks). Answers are cached across batches.
+- **Values, vectorised.** Value cells that are plain decimal numbers (a strict ASCII grammar on which Arrow's
+  cast and Python's ``float`` agree, checked by tests) are cast by Arrow; typed (int/float) cells are cast too.
+  Everything else (empty cells, ``value.skip`` rules, patterns, decimal commas, odd text) goes through the
+  core's ``_number`` once per distinct text.
+- **Checks in the core's order.** A row-level reject (place, vintage, date, dimension, metric) is the first
+  failing check in the core's order; then each value cell: skip, reject, negative, maximum.
+- **Record ids** are built with ``binary_join_element_wise`` over the identifying columns (ISO strings of dates
+  and vintages come from the distinct values) and hashed with ``hashlib`` in one tight loop (no vectorised
+  sha256 exists in pyarrow or numpy here); the hex is done with NumPy.
+
+What stays per record: specs with a ``hook`` (the hook is a Python function of one record) and chunks that are
+a ``list[RawRecord]`` (records that do not fit columns, see ``covidflow.read.batch``) run through the per-record
+core and are converted to the same :class:`BatchResult`. Rejects are built as ``Reject`` objects (they are rare).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from covidflow.catalog.locations import LocationRegistry
+from covidflow.catalog.metrics import Metric
+from covidflow.catalog.schema import ObservationSchema, arrow_schema
+from covidflow.catalog.specs import SourceSpec, object_fields
+from covidflow.normalise.core import Normaliser, Provenance, Reject, Result, _fmt, _RowReject
+from covidflow.read.base import RawRecord, RawReject
+from covidflow.read.batch import LINE, ROW, batch_to_records
+from covidflow.read.jsondoc import IGNORED_PREFIX
+
+#: Long rows (rows after unpivot) per unit of work: bounds memory on wide files.
+LONG_ROWS = 262_144
+#: Value cells Arrow casts itself: ASCII decimal numbers, no spaces, short enough to be finite in any case.
+NUMBER_GRAMMAR = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,2})?$"
+NUMBER_MAX_BYTES = 40
+_CACHE_LIMIT = 200_000
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+SKIPS_SCHEMA = pa.schema([("row", pa.int64()), ("field", pa.string()), ("reason", pa.string())])
+
+
+@dataclass
+class BatchResult:
+    """What one chunk yields: canonical records as an Arrow table, the rejects, the skips as a table."""
+
+    records: pa.Table  # schema == covidflow.catalog.schema.arrow_schema(), exactly
+    rejects: list[Reject] = field(default_factory=list)
+    skips: pa.Table = field(default_factory=SKIPS_SCHEMA.empty_table)  # row:int64, field:string, reason:string
+
+
+class _Frame:
+    """Long rows (after unpivot) of one chunk: columns by field name, the provenance row and line of each."""
+
+    def __init__(self, cols: dict[str, pa.Array], rows: np.ndarray, lines: pa.Array) -> None:
+        self.cols, self.rows, self.lines, self.n = cols, rows, lines, len(rows)
+        self._encoded: dict[str, tuple[np.ndarray, list[Any]]] = {}
+
+    def encoded(self, name: str) -> tuple[np.ndarray, list[Any]]:
+        """(code per row, distinct values as Python objects) of one column; nulls are a value (None)."""
+        if name not in self._encoded:
+            array = self.cols[name]
+            if pa.types.is_null(array.type):
+                self._encoded[name] = (np.zeros(self.n, dtype=np.int64), [None])
+            else:
+                enc = pc.dictionary_encode(array, null_encoding="encode")
+                codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+                self._encoded[name] = (codes, enc.dictionary.to_pylist())
+        return self._encoded[name]
+
+    def line(self, i: int) -> int | None:
+        return self.lines[i].as_py()
+
+
+def _key(value: Any) -> Any:
+    """A cache key that tells 1, 1.0, True, -0.0 and 0.0 apart (their str() differs)."""
+    return (type(value), repr(value) if isinstance(value, float) else value)
+
+
+class _Distinct:
+    """A rule evaluated per distinct combination of the cells it reads: a code per row, an answer per code."""
+
+    def __init__(self, codes: np.ndarray, answers: list[Any]) -> None:
+        self.codes, self.answers = codes, answers
+        self.failed = np.array([isinstance(a, _RowReject) for a in answers], dtype=bool)
+
+    def column(self, pick: Callable[[Any], Any], typ: pa.DataType) -> pa.Array:
+        """One Arrow array with a value per code (answers that are rejects or unused become null)."""
+        return pa.array([None if a is None or isinstance(a, _RowReject) else pick(a) for a in self.answers], typ)
+
+
+def _take(values: pa.Array, codes: np.ndarray) -> pa.Array:
+    return values.take(pa.array(codes, pa.int64()))
+
+
+class BatchNormaliser:
+    """One source's mapping rules compiled for Arrow batches; call :meth:`normalise` for every chunk."""
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        *,
+        registry: LocationRegistry | None = None,
+        metrics: dict[str, Metric] | None = None,
+        schema: ObservationSchema | None = None,
+    ) -> None:
+        self.core = Normaliser(spec, registry=registry, metrics=metrics, schema=schema)
+        self.spec, self.schema, self.metrics = spec, self.core.schema, self.core.metrics
+        self.registry = self.core.registry
+        self.arrow_schema = arrow_schema(self.schema)
+        d = spec.data
+        loc = d["location"]
+        self.location_columns: list[str] = list(loc.get("columns") or [loc["column"]])
+        self.location_columns += [loc["country_column"]] if loc.get("country_column") else []
+        self.point_columns = [loc["lat"], loc["lon"]] if loc.get("lat") and loc.get("lon") else None
+        self.filter_columns = list(dict.fromkeys(f["column"] for f in d.get("filters", [])))
+        self.metric_by_column = isinstance(d.get("metric"), dict) and "metrics" not in d
+        self.value_fast = not (self.core.value_rx or self.core.decimal_comma or len(self.core.value_skips) > 1)
+        names = list(self.metrics)
+        self.metric_index = {m: i for i, m in enumerate(names)}
+        self.metric_names = pa.array(names, pa.string())
+        self.metric_kinds = pa.array([self.metrics[m].kind for m in names], pa.string())
+        self.metric_units = pa.array([self.metrics[m].unit for m in names], pa.string())
+        self.metric_non_negative = np.array([m in self.core.non_negative for m in names], dtype=bool)
+        self.metric_max = np.array([float(self.core.maximum.get(m, np.inf)) for m in names], dtype=np.float64)
+        self._caches: dict[str, dict[Any, Any]] = {}
+
+    # -- public -------------------------------------------------------------------------------------------
+
+    def normalise(self, chunk: pa.RecordBatch | list[RawRecord] | RawReject, prov: Provenance) -> BatchResult:
+        """All canonical records, rejects and skips of one chunk (see ``covidflow.read.batch``)."""
+        parts = list(self.iter_normalise(chunk, prov))
+        if len(parts) == 1:
+            return parts[0]
+        return BatchResult(
+            pa.concat_tables([p.records for p in parts]) if parts else self.arrow_schema.empty_table(),
+            [r for p in parts for r in p.rejects],
+            pa.concat_tables([p.skips for p in parts]) if parts else SKIPS_SCHEMA.empty_table(),
+        )
+
+    def iter_normalise(
+        self, chunk: pa.RecordBatch | list[RawRecord] | RawReject, prov: Provenance
+    ) -> Iterator[BatchResult]:
+        """Like :meth:`normalise`, in parts of at most ``LONG_ROWS`` long rows (a wide file's batch unpivots into
+        many records: this keeps memory bounded). Parts come in the per-record core's order."""
+        if isinstance(chunk, RawReject):
+            yield self.normalise_reject(chunk, prov)
+            return
+        if isinstance(chunk, list) or self.core.hook is not None:
+            yield self._per_record(chunk if isinstance(chunk, list) else batch_to_records(chunk), prov)
+            return
+        ignored = [n for n in chunk.schema.names if n.startswith(IGNORED_PREFIX)] if self.core._nested else []
+        first_skips = self._ignored_skips(chunk, ignored) if ignored else None
+        frames = self._frames(chunk.drop_columns(ignored) if ignored else chunk, prov)
+        if frames is None:  # wide columns of different Arrow types: the per-record path keeps values exact
+            yield self._per_record(batch_to_records(chunk), prov)
+            return
+        for frame in frames:
+            result = self._normalise_frame(frame, prov)
+            if first_skips is not None:  # they come first in the core's order (each row's first skips)
+                result.skips, first_skips = pa.concat_tables([first_skips, result.skips]), None
+            yield result
+        if first_skips is not None:
+            yield BatchResult(self.arrow_schema.empty_table(), [], first_skips)
+
+    @staticmethod
+    def _ignored_skips(batch: pa.RecordBatch, names: list[str]) -> pa.Table:
+        """Nested documents: each ``@ignored.<field>`` column is a skip of every row (reason: its value), as the
+        per-record core reports it, row by row."""
+        n, width = batch.num_rows, len(names)
+        rows = np.repeat(batch.column(ROW).to_numpy(zero_copy_only=False), width)
+        fields = pa.array([name[len(IGNORED_PREFIX) :] for name in names] * n, pa.string())
+        reasons = []
+        for name in names:
+            col = batch.column(name)
+            reasons.append(
+                col.fill_null("None") if pa.types.is_string(col.type) else pa.array(map(str, col.to_pylist()))
+            )
+        order = np.arange(n * width).reshape(width, n).T.reshape(-1)  # row-major over (row, column)
+        return pa.table(
+            [pa.array(rows, pa.int64()), fields, pa.concat_arrays(reasons).take(pa.array(order))], schema=SKIPS_SCHEMA
+        )
+
+    def normalise_reject(self, raw: RawReject, prov: Provenance) -> BatchResult:
+        """A record the reader could not decode, as the per-record core reports it (one ``(record)`` reject)."""
+        return self._from_result(self.core.normalise(raw, prov))
+
+    # -- per-record path ----------------------------------------------------------------------------------
+
+    def _per_record(self, records: list[RawRecord], prov: Provenance) -> BatchResult:
+        total = Result()
+        for raw in records:
+            one = self.core.normalise(raw, prov)
+            total.records.extend(one.records)
+            total.rejects.extend(one.rejects)
+            total.skips.extend(one.skips)
+        return self._from_result(total)
+
+    def _from_result(self, result: Result) -> BatchResult:
+        records = (
+            pa.Table.from_pylist(result.records, schema=self.arrow_schema)
+            if result.records
+            else self.arrow_schema.empty_table()
+        )
+        skips = pa.table(
+            {
+                "row": pa.array([s.row for s in result.skips], pa.int64()),
+                "field": pa.array([s.field for s in result.skips], pa.string()),
+                "reason": pa.array([s.reason for s in result.skips], pa.string()),
+            },
+            schema=SKIPS_SCHEMA,
+        )
+        return BatchResult(records, list(result.rejects), skips)
+
+    # -- frames (unpivot) ---------------------------------------------------------------------------------
+
+    def _frames(self, batch: pa.RecordBatch, prov: Provenance) -> list[_Frame] | Iterator[_Frame] | None:
+        cols = {n: c for n, c in zip(batch.schema.names, batch.columns, strict=True) if n not in (ROW, LINE)}
+        for name, value in object_fields(self.spec.data, prov.object_key).items():  # as the core merges them
+            cols[name] = pa.repeat(pa.scalar(value, pa.string()), batch.num_rows)
+        names = list(cols)
+        rows = batch.column(ROW).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        lines = batch.column(LINE)
+        up = self.core.unpivot
+        if not up:
+            return [_Frame(cols, rows, lines)]
+        exclude = set(up.get("exclude", []))
+        rx = self.core.unpivot_rx
+        wide = [c for c in names if c not in exclude and (not rx or rx.search(c))]
+        types = {cols[c].type for c in wide} - {pa.null()}
+        if len(types) > 1:
+            return None
+        typ = types.pop() if types else pa.string()
+        keep = {k: v for k, v in cols.items() if k not in wide}
+        values = [cols[c] if cols[c].type == typ else pa.nulls(len(cols[c]), typ) for c in wide]  # null = None
+        return self._unpivot_frames(keep, wide, values, rows, lines, up)
+
+    @staticmethod
+    def _unpivot_frames(
+        keep: dict[str, pa.Array],
+        wide: list[str],
+        values: list[pa.Array],
+        rows: np.ndarray,
+        lines: pa.Array,
+        up: dict[str, Any],
+    ) -> Iterator[_Frame]:
+        """Long rows in the core's order (row by row, wide columns in order), a slice of rows at a time."""
+        if not wide:
+            return
+        width, n = len(wide), len(rows)
+        per_frame = max(1, LONG_ROWS // width)
+        names = pa.array(wide, pa.string())
+        stacked = pa.concat_arrays(values) if n else None
+        for start in range(0, n, per_frame):
+            stop = min(n, start + per_frame)
+            raw_idx = np.repeat(np.arange(start, stop, dtype=np.int64), width)
+            col_idx = np.tile(np.arange(width, dtype=np.int64), stop - start)
+            cols = {k: _take(v, raw_idx) for k, v in keep.items()}
+            cols[up["name"]] = _take(names, col_idx)
+            cols[up["value"]] = _take(stacked, col_idx * n + raw_idx)
+            yield _Frame(cols, rows[raw_idx], _take(lines, raw_idx))
+
+    # -- distinct evaluation ------------------------------------------------------------------------------
+
+    def _cache(self, name: str) -> dict[Any, Any]:
+        cache = self._caches.setdefault(name, {})
+        if len(cache) > _CACHE_LIMIT:
+            cache.clear()
+        return cache
+
+    def _distinct(
+        self,
+        frame: _Frame,
+        columns: list[str],
+        alive: np.ndarray,
+        rule: Callable[[dict[str, Any]], Any],
+        cache_name: str | None,
+    ) -> _Distinct:
+        """Evaluate ``rule(row)`` once per distinct combination of ``columns`` among the alive rows.
+
+        ``row`` holds only the columns the frame has, so a missing column is reported by the rule itself,
+        exactly as the per-record core does. A ``_RowReject`` becomes the answer; other errors propagate.
+        """
+        present = [c for c in columns if c in frame.cols]
+        if not present:
+            codes = np.zeros(frame.n, dtype=np.int64)
+            tuples: list[tuple[Any, ...]] = [()]
+        else:
+            codes, values = frame.encoded(present[0])
+            tuples = [(v,) for v in values]
+            for name in present[1:]:
+                more_codes, more = frame.encoded(name)
+                uniq, codes = np.unique(codes * len(more) + more_codes, return_inverse=True)
+                codes = codes.reshape(-1)
+                tuples = [tuples[u // len(more)] + (more[u % len(more)],) for u in uniq.tolist()]
+        answers: list[Any] = [None] * len(tuples)
+        needed = np.unique(codes[alive]).tolist() if alive.any() else []
+        cache = self._cache(cache_name) if cache_name else None
+        for k in needed:
+            key = tuple(_key(v) for v in tuples[k]) if cache is not None else None
+            if cache is not None and key in cache:
+                answers[k] = cache[key]
+                continue
+            try:
+                answer = rule(dict(zip(present, tuples[k], strict=True)))
+            except _RowReject as exc:
+                answer = exc
+            answers[k] = answer
+            if cache is not None:
+                cache[key] = answer
+        return _Distinct(codes, answers)
+
+    @staticmethod
+    def _constant(frame: _Frame, alive: np.ndarray, rule: Callable[[], Any]) -> _Distinct:
+        answer: Any = None
+        if alive.any():
+            try:
+                answer = rule()
+            except _RowReject as exc:
+                answer = exc
+        return _Distinct(np.zeros(frame.n, dtype=np.int64), [answer])
+
+    # -- one frame ----------------------------------------------------------------------------------------
+
+    def _normalise_frame(self, frame: _Frame, prov: Provenance) -> BatchResult:
+        core = self.core
+        n = frame.n
+        alive = np.ones(n, dtype=bool)
+        rejects: list[tuple[int, int, Reject]] = []  # (long row, cell, reject): sorted into the core's order
+        skip_at: list[np.ndarray] = []  # long row of each skip, and its cell: sorted into the core's order
+        skip_cells: list[np.ndarray] = []
+        skip_fields: list[pa.Array] = []
+        skip_reasons: list[pa.Array] = []
+
+        def add_skips(where: np.ndarray, cell: int, fld: str | pa.Array, reason: str | pa.Array) -> None:
+            if not len(where):
+                return
+            skip_at.append(where)
+            skip_cells.append(np.full(len(where), cell, dtype=np.int64))
+            skip_fields.append(fld if isinstance(fld, pa.Array) else pa.repeat(pa.scalar(fld), len(where)))
+            skip_reasons.append(reason if isinstance(reason, pa.Array) else pa.repeat(pa.scalar(reason), len(where)))
+
+        def reject(i: int, cell: int, exc: _RowReject) -> None:
+            line = frame.line(i)
+            rejects.append((i, cell, core._reject(int(frame.rows[i]), line, prov, exc.column, exc.reason, exc.value)))
+
+        def row_check(step: _Distinct) -> None:
+            failing = np.nonzero(alive & step.failed[step.codes])[0]
+            for i in failing.tolist():
+                reject(i, -1, step.answers[step.codes[i]])
+            alive[failing] = False
+
+        # filters: a skip with the first matching filter's reason
+        if core.filters:
+            filt = self._distinct(frame, self.filter_columns, alive, core._filtered, "filters")
+            hit = np.array([a is not None for a in filt.answers], dtype=bool)[filt.codes] & alive
+            where = np.nonzero(hit)[0]
+            if len(where):
+                codes = filt.codes[where]
+                add_skips(where, -1, _take(filt.column(lambda a: a[0], pa.string()), codes),
+                          _take(filt.column(lambda a: a[1], pa.string()), codes))  # fmt: skip
+            alive &= ~hit
+
+        # row-level rules, in the core's order: place, vintage, dates, dimensions, metric
+        place = self._distinct(frame, self.location_columns, alive, core._place, "place")
+        row_check(place)
+        vintage = self._vintage(frame, alive, prov)
+        row_check(vintage)
+        dates = self._dates(frame, alive, vintage)
+        row_check(dates)
+        dims: dict[str, _Distinct] = {}
+        for name in self.schema.dimensions:
+            rule = core.dimensions.get(name)
+            if isinstance(rule, dict):
+                dims[name] = self._distinct(
+                    frame, [rule["column"]], alive, lambda row, name=name: core._dimension(row, name), f"dim:{name}"
+                )
+            else:
+                dims[name] = self._constant(frame, alive, lambda name=name: core._dimension({}, name))
+            row_check(dims[name])
+        if self.metric_by_column:
+            metric = self._distinct(frame, [self.spec["metric"]["column"]], alive, core._metric_cells, "metric")
+            row_check(metric)
+            column = self.spec["value"]["column"]
+            metric_codes = np.array(
+                [self.metric_index[a[0][1]] if isinstance(a, list) else -1 for a in metric.answers], dtype=np.int64
+            )[metric.codes]
+            cells = [(column, metric_codes)]
+        else:
+            cells = [
+                (column, np.full(n, self.metric_index[name], dtype=np.int64)) for column, name in core._metric_cells({})
+            ]
+        point = (
+            self._distinct(frame, self.point_columns, alive, core._point, "point")
+            if self.point_columns
+            else _Distinct(np.zeros(n, dtype=np.int64), [None])
+        )
+
+        # value cells
+        produced = np.zeros((n, len(cells)), dtype=bool)
+        numbers = np.zeros((n, len(cells)), dtype=np.float64)
+        metrics = np.zeros((n, len(cells)), dtype=np.int64)
+        alive_rows = np.nonzero(alive)[0]
+        for ci, (column, metric_codes) in enumerate(cells):
+            metrics[:, ci] = metric_codes
+            if not len(alive_rows):
+                break
+            if core.absent_skip and column not in frame.cols:
+                add_skips(alive_rows, ci, column, "absent key: not reported by the publisher")
+                continue
+            if column not in frame.cols:
+                for i in alive_rows.tolist():
+                    reject(i, ci, _RowReject(column, "missing column"))
+                continue
+            ok, values, failed, reject_of, (skipped, reasons) = self._numbers(frame, column, alive)
+            for i in np.nonzero(failed)[0].tolist():
+                reject(i, ci, reject_of(i))
+            add_skips(skipped, ci, column, reasons)
+            mcodes = metric_codes
+            negative = ok & (values < 0) & self.metric_non_negative[mcodes]
+            above = ok & ~negative & (values > self.metric_max[mcodes])
+            for i in np.nonzero(negative | above)[0].tolist():
+                name = self.metric_names[mcodes[i]].as_py()
+                number = float(values[i])
+                if negative[i]:
+                    reason = f"negative value for {name} ({self.metrics[name].kind})"
+                else:
+                    reason = f"{name} above {_fmt(core.maximum[name])}"
+                reject(i, ci, _RowReject(column, reason, _fmt(number)))
+            produced[:, ci] = ok & ~negative & ~above
+            numbers[:, ci] = values
+
+        rejects.sort(key=lambda t: (t[0], t[1]))
+        skips = SKIPS_SCHEMA.empty_table()
+        if skip_at:
+            at = np.concatenate(skip_at)
+            order = pa.array(np.lexsort((np.concatenate(skip_cells), at)), pa.int64())
+            skips = pa.table(
+                [
+                    pa.array(frame.rows[at], pa.int64()).take(order),
+                    pa.concat_arrays(skip_fields).take(order),
+                    pa.concat_arrays(skip_reasons).take(order),
+                ],
+                schema=SKIPS_SCHEMA,
+            )
+        li, ci = np.nonzero(produced)  # row-major: the core's order (row, then cell)
+        records = self._records(frame, prov, li, numbers[li, ci], metrics[li, ci], place, vintage, dates, dims, point)
+        return BatchResult(records, [r for _, _, r in rejects], skips)
+
+    def _vintage(self, frame: _Frame, alive: np.ndarray, prov: Provenance) -> _Distinct:
+        rule = self.core.vintage
+        if rule["from"] == "column":
+            return self._distinct(frame, [rule["column"]], alive, lambda row: self.core.vintage_of(row, prov), None)
+        return self._constant(frame, alive, lambda: self.core.vintage_of({}, prov))
+
+    def _dates(self, frame: _Frame, alive: np.ndarray, vintage: _Distinct) -> _Distinct:
+        if "vintage_offset_days" in self.core.date:
+            answers: list[Any] = [None] * len(vintage.answers)
+            for k in np.unique(vintage.codes[alive]).tolist() if alive.any() else []:
+                try:
+                    answers[k] = self.core._dates({}, vintage.answers[k][0])
+                except _RowReject as exc:
+                    answers[k] = exc
+            return _Distinct(vintage.codes, answers)
+        return self._distinct(frame, [self.core.date["column"]], alive, lambda row: self.core._dates(row, None), "date")
+
+    def _numbers(
+        self, frame: _Frame, column: str, alive: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Callable[[int], Any], tuple[np.ndarray, pa.Array]]:
+        """Per row of ``column``: (has a number, the number, rejected, row -> its reject, (skipped rows, reasons))."""
+        array = frame.cols[column]
+        n = frame.n
+        values = np.zeros(n, dtype=np.float64)
+        fast = np.zeros(n, dtype=bool)
+        if pa.types.is_integer(array.type) or pa.types.is_floating(array.type):
+            fast = array.is_valid().to_numpy(zero_copy_only=False) & alive
+            values = pc.cast(array, pa.float64(), safe=False).fill_null(0.0).to_numpy(zero_copy_only=False).copy()
+        elif self.value_fast and (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+            grammar = pc.and_(
+                pc.match_substring_regex(array, NUMBER_GRAMMAR),
+                pc.less_equal(pc.binary_length(array), NUMBER_MAX_BYTES),
+            ).fill_null(False)
+            fast = grammar.to_numpy(zero_copy_only=False) & alive
+            if fast.any():
+                cast = pc.cast(pc.if_else(grammar, array, "0"), pa.float64())
+                values = cast.to_numpy(zero_copy_only=False).copy()
+        ok = fast.copy()
+        failed = np.zeros(n, dtype=bool)
+        slow = alive & ~fast
+        reject_of: Callable[[int], Any] = lambda i: None  # noqa: E731
+        skip_where = np.zeros(0, dtype=np.int64)
+        skip_reasons: pa.Array = pa.array([], pa.string())
+        if slow.any():
+            step = self._distinct(
+                frame, [column], slow, lambda row: self.core._number(column, row[column]), f"number:{column}"
+            )
+            answers = step.answers
+            kind = np.array(
+                [2 if isinstance(a, _RowReject) else 1 if isinstance(a, str) else 0 for a in answers], dtype=np.int8
+            )[step.codes]
+            number = np.array([a if isinstance(a, float) else 0.0 for a in answers], dtype=np.float64)[step.codes]
+            good = slow & (kind == 0)
+            values[good] = number[good]
+            ok |= good
+            failed = slow & (kind == 2)
+            reject_of = lambda i: answers[step.codes[i]]  # noqa: E731
+            skip_where = np.nonzero(slow & (kind == 1))[0]
+            if len(skip_where):
+                reasons = pa.array([a if isinstance(a, str) else None for a in answers], pa.string())
+                skip_reasons = _take(reasons, step.codes[skip_where])
+        return ok, values, failed, reject_of, (skip_where, skip_reasons)
+
+    # -- records ------------------------------------------------------------------------------------------
+
+    def _records(
+        self,
+        frame: _Frame,
+        prov: Provenance,
+        li: np.ndarray,
+        values: np.ndarray,
+        metric_codes: np.ndarray,
+        place: _Distinct,
+        vintage: _Distinct,
+        dates: _Distinct,
+        dims: dict[str, _Distinct],
+        point: _Distinct,
+    ) -> pa.Table:
+        m = len(li)
+        if not m:
+            return self.arrow_schema.empty_table()
+        registry = self.registry
+        pcodes = place.codes[li]
+        parents = [registry.parent(a) if a is not None and not isinstance(a, _RowReject) else None
+                   for a in place.answers]  # fmt: skip
+        vcodes, dcodes = vintage.codes[li], dates.codes[li]
+
+        def const(value: Any, typ: pa.DataType) -> pa.Array:
+            return pa.repeat(pa.scalar(value, typ), m)
+
+        ts = pa.timestamp("us", tz="UTC")
+        date_iso = dates.column(lambda a: a[1].isoformat(), pa.string())
+        vintage_iso = vintage.column(lambda a: a[0].isoformat(), pa.string())
+        columns: dict[str, Any] = {
+            "schema_version": const(self.schema.version, pa.int32()),
+            "source_id": const(self.spec.id, pa.string()),
+            "location_key": _take(place.column(lambda a: a.key, pa.string()), pcodes),
+            "location_level": _take(place.column(lambda a: a.level, pa.string()), pcodes),
+            "location_name": _take(place.column(lambda a: a.name, pa.string()), pcodes),
+            "location_parent_key": _take(pa.array([p.key if p else None for p in parents], pa.string()), pcodes),
+            "location_parent_name": _take(pa.array([p.name if p else None for p in parents], pa.string()), pcodes),
+            "location_point": _take(
+                pa.array(point.answers, self.arrow_schema.field("location_point").type), point.codes[li]
+            ),
+            "date": _take(dates.column(lambda a: a[1], pa.date32()), dcodes),
+            "period": const(self.core.period, pa.string()),
+            "period_start": _take(dates.column(lambda a: a[0], pa.date32()), dcodes),
+            "metric": _take(self.metric_names, metric_codes),
+            "metric_kind": _take(self.metric_kinds, metric_codes),
+            "unit": _take(self.metric_units, metric_codes),
+            "value": pa.array(values, pa.float64()),
+            "vintage": _take(vintage.column(lambda a: a[0], ts), vcodes),
+            "vintage_basis": _take(vintage.column(lambda a: a[1], pa.string()), vcodes),
+            "source_object_key": const(prov.object_key, pa.string()),
+            "source_object_version": const(prov.object_version, pa.string()),
+            "source_row": pa.array(frame.rows[li], pa.int64()),
+            "ingested_at": const(prov.ingested_at, ts),
+        }
+        for name, dim in dims.items():
+            columns[name] = _take(dim.column(lambda a: a, pa.string()), dim.codes[li])
+        identity = {"date": _take(date_iso, dcodes), "vintage": _take(vintage_iso, vcodes)}
+        parts = []
+        for name in self.schema.record_id_fields:
+            col = identity.get(name, columns.get(name))
+            if col is None or not pa.types.is_string(col.type):
+                col = pa.array([v.isoformat() if hasattr(v, "isoformat") else str(v) for v in col.to_pylist()])
+            parts.append(col)
+        columns["record_id"] = record_ids(pc.binary_join_element_wise(*parts, "\x1f"))
+        return pa.Table.from_arrays([columns[f.name] for f in self.arrow_schema], schema=self.arrow_schema)
+
+
+def record_ids(identities: pa.Array) -> pa.Array:
+    """``catalog.schema.record_id`` of prepared identity strings: sha256, hex, first 32 characters.
+
+    One ``hashlib`` call per record (the only per-record Python left); the hex is done by NumPy.
+    """
+    n = len(identities)
+    sha = hashlib.sha256
+    digests = b"".join([sha(b).digest() for b in identities.cast(pa.binary()).to_pylist()])
+    first = np.frombuffer(digests, dtype=np.uint8).reshape(n, 32)[:, :16]
+    out = np.empty((n, 32), dtype=np.uint8)
+    out[:, 0::2] = _HEX[first >> 4]
+    out[:, 1::2] = _HEX[first & 15]
+    offsets = np.arange(0, 32 * n + 1, 32, dtype=np.int32)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(out.tobytes())])
