@@ -1,7 +1,10 @@
 """Index canonical records into Elasticsearch through the write alias, idempotently (``_id = record_id``).
 
-The template and the first index carrying the write alias are created at job start if missing. Bulk
-errors fail the write after bounded retries, so Spark does not commit the batch and replays it later.
+The template and the first index carrying the write alias are created at job start if missing. Documents go
+in bulk requests bounded by count and bytes, several in flight (``helpers.parallel_bulk``): one request at a
+time left Elasticsearch idle while the client serialised the next one (docs/decisions/0009). Bulk errors fail
+the write after bounded retries, so Spark does not commit the batch and replays it later. Input is a list of
+canonical record dicts or a ``pyarrow.Table`` of ``arrow_schema()`` (documents then built column-wise).
 """
 
 from __future__ import annotations
@@ -9,16 +12,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from datetime import UTC, date, datetime
 from typing import Any
 
 from covidflow import settings
 from covidflow.catalog.schema import ObservationSchema, load_schema
 from covidflow.index.es_template import TEMPLATE_NAME, first_index_body, generate_template
-from covidflow.normalise.stream import es_actions
+from covidflow.store.cassandra_writer import canonical_table
 
 log = logging.getLogger(__name__)
 _CLIENTS: dict[str, Any] = {}
 ID_LOOKUP_CHUNK = 5000  # ids per mget request
+#: Bulk requests: at most this many documents and bytes each (~1 KB per document: ~2 MB requests), and this many
+#: in flight. Measured in bench/store_writers.py on the local 2-core stack.
+BULK_DOCS = 2000
+BULK_BYTES = 8 * 1024 * 1024
+BULK_THREADS = 2
 
 
 def client(url: str | None = None) -> Any:
@@ -51,13 +60,81 @@ def ensure_index(es: Any, schema: ObservationSchema | None = None) -> str:
     return alias
 
 
+# -- documents (pure) -------------------------------------------------------------------------------------
+
+
+def es_document(record: dict[str, Any]) -> dict[str, Any]:
+    """JSON-ready document: dates as yyyy-MM-dd, instants as ISO-8601 UTC."""
+    doc = {}
+    for name, value in record.items():
+        if isinstance(value, datetime):
+            value = value.astimezone(UTC).isoformat()
+        elif isinstance(value, date):
+            value = value.isoformat()
+        doc[name] = value
+    return doc
+
+
+def es_actions(records: Iterable[dict[str, Any]], index: str) -> list[dict[str, Any]]:
+    """Bulk ``index`` actions with ``_id = record_id``: a replay overwrites the same document."""
+    return [{"_op_type": "index", "_index": index, "_id": r["record_id"], "_source": es_document(r)} for r in records]
+
+
+def _iso_column(column: Any, kind: type) -> list[str | None]:
+    """A date or timestamp column as the strings ``es_document`` makes, each distinct value formatted once."""
+    import pyarrow as pa
+
+    encoded = column.combine_chunks().dictionary_encode()
+    values = encoded.dictionary.to_pylist()
+    text = [v.astimezone(UTC).isoformat() if kind is datetime else v.isoformat() for v in values]
+    return pa.array(text, pa.string()).take(encoded.indices).to_pylist()
+
+
+def arrow_documents(table: Any) -> list[dict[str, Any]]:
+    """``es_document`` of every row of a canonical Arrow table, built from whole columns."""
+    import pyarrow as pa
+
+    names = table.column_names
+    columns = []
+    for field in table.schema:
+        column = table.column(field.name)
+        if pa.types.is_timestamp(field.type):
+            columns.append(_iso_column(column, datetime))
+        elif pa.types.is_date(field.type):
+            columns.append(_iso_column(column, date))
+        else:
+            columns.append(column.to_pylist())
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
+def arrow_actions(table: Any, index: str) -> list[dict[str, Any]]:
+    """``es_actions`` of a canonical Arrow table."""
+    ids = table.column("record_id").to_pylist()
+    return [
+        {"_op_type": "index", "_index": index, "_id": rid, "_source": doc}
+        for rid, doc in zip(ids, arrow_documents(table), strict=True)
+    ]
+
+
 class EsWriter:
     def __init__(
-        self, es: Any, schema: ObservationSchema | None = None, *, retry_for: float = 600.0, alias: str | None = None
+        self,
+        es: Any,
+        schema: ObservationSchema | None = None,
+        *,
+        retry_for: float = 600.0,
+        alias: str | None = None,
+        bulk_docs: int = BULK_DOCS,
+        bulk_bytes: int = BULK_BYTES,
+        threads: int = BULK_THREADS,
     ) -> None:
         self.es = es
-        self.alias = alias or write_alias(schema)
+        self.schema = schema or load_schema()
+        self.alias = alias or write_alias(self.schema)
         self.retry_for = retry_for
+        self.bulk_docs = bulk_docs
+        self.bulk_bytes = bulk_bytes
+        self.threads = threads
 
     def held_by_older_indices(self, ids: list[str]) -> dict[str, str]:
         """id -> the older index (no longer the alias's write index) that already holds it: a replay after a rollover.
@@ -79,11 +156,15 @@ class EsWriter:
                 held.update((doc["_id"], index) for doc in resp["docs"] if doc.get("found"))
         return held
 
-    def write(self, records: Iterable[dict[str, Any]]) -> int:
-        """Documents indexed; retries failed items (and connection errors) until ``retry_for`` runs out."""
+    def write(self, records: Iterable[dict[str, Any]] | Any) -> int:
+        """Documents indexed; retries failed items (and connection errors) until ``retry_for`` runs out.
+
+        ``records``: canonical record dicts or a ``pyarrow.Table`` with exactly ``arrow_schema()``.
+        """
         from elasticsearch import helpers
 
-        actions = es_actions(records, self.alias)
+        table = canonical_table(records, self.schema)
+        actions = arrow_actions(table, self.alias) if table is not None else es_actions(records, self.alias)
         total = len(actions)
         deadline = time.monotonic() + self.retry_for
         delay = 1.0
@@ -97,8 +178,15 @@ class EsWriter:
                     log.info("elasticsearch: %d of %d records already in an older index of %s (a replay after "
                              "a rollover): overwritten there", len(held), len(actions), self.alias)  # fmt: skip
                     actions = [{**a, "_index": held.get(a["_id"], a["_index"])} for a in actions]
-                for ok, item in helpers.streaming_bulk(
-                    self.es, actions, chunk_size=1000, raise_on_error=False, raise_on_exception=False
+                for ok, item in helpers.parallel_bulk(
+                    self.es,
+                    actions,
+                    thread_count=self.threads,
+                    queue_size=self.threads,
+                    chunk_size=self.bulk_docs,
+                    max_chunk_bytes=self.bulk_bytes,
+                    raise_on_error=False,
+                    raise_on_exception=False,
                 ):
                     if not ok:
                         info = next(iter(item.values()))

@@ -2,8 +2,9 @@
 
 No Spark, Kafka, Cassandra or Elasticsearch here: the Spark job calls these functions once per partition
 (``process_messages``) and hands the output to the store writers, and unit tests call them directly. The
-mapping itself is the shared core (``Normaliser``); this module only adapts envelopes to it, validates the
-result against the canonical schema and shapes rows/documents for the stores.
+mapping itself is the shared core (``Normaliser``); this module only adapts envelopes to it and validates
+the result against the canonical schema. The store writers shape rows and documents themselves
+(``covidflow/store/cassandra_writer.py``, ``covidflow/index/es_writer.py``).
 """
 
 from __future__ import annotations
@@ -183,49 +184,3 @@ def _envelope_letter(env: RawEnvelope, reason: str, at: str) -> DeadLetter:
         STAGE, env.source_id, reason, env.object, env.record_index, env.line, _excerpt(env.fields), env.fields, at
     )
 
-
-# -- shapes for the stores -------------------------------------------------------------------------------
-
-
-def write_timestamp(record: dict[str, Any]) -> int:
-    """Cassandra write time (µs) = vintage: in observations_latest a newer vintage always wins, and a late
-    replay of an old vintage can never overwrite it (see docs/decisions/0002)."""
-    vintage: datetime = record["vintage"]
-    return int(vintage.timestamp() * 1_000_000)
-
-
-def cassandra_values(record: dict[str, Any], columns: list[str]) -> tuple[Any, ...]:
-    """Bind values for a prepared INSERT of ``columns`` (geo_point as a (lat, lon) tuple for the UDT)."""
-    out = []
-    for name in columns:
-        value = record[name]
-        if name == "location_point" and value is not None:
-            value = (value["lat"], value["lon"])
-        out.append(value)
-    return tuple(out)
-
-
-def vintage_rows(records: Iterable[dict[str, Any]], columns: list[str]) -> list[tuple[Any, ...]]:
-    """Distinct rows of vintages_by_source for the records of a batch."""
-    seen: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-    for record in records:
-        row = tuple(record[c] for c in columns)
-        seen.setdefault(row, row)
-    return list(seen.values())
-
-
-def es_document(record: dict[str, Any]) -> dict[str, Any]:
-    """JSON-ready document: dates as yyyy-MM-dd, instants as ISO-8601 UTC."""
-    doc = {}
-    for name, value in record.items():
-        if isinstance(value, datetime):
-            value = value.astimezone(UTC).isoformat()
-        elif isinstance(value, date):
-            value = value.isoformat()
-        doc[name] = value
-    return doc
-
-
-def es_actions(records: Iterable[dict[str, Any]], index: str) -> list[dict[str, Any]]:
-    """Bulk ``index`` actions with ``_id = record_id``: a replay overwrites the same document."""
-    return [{"_op_type": "index", "_index": index, "_id": r["record_id"], "_source": es_document(r)} for r in records]

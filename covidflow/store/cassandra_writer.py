@@ -1,39 +1,66 @@
-"""Write canonical records into every table of the Cassandra data model, idempotently.
+"""Write canonical records into every table of the Cassandra data model, idempotently and in bulk.
 
-Prepared statements, ``execute_concurrent_with_args``, deterministic primary keys: a replayed batch
-rewrites the same cells. observations_latest is written ``USING TIMESTAMP <vintage µs>`` so the newest
-vintage wins regardless of arrival order. One session per Python worker process (reused across batches).
+Rows are grouped by partition key into UNLOGGED batches (one partition per batch, bounded by rows and bytes),
+sent ``CONCURRENCY`` at a time with ``execute_async`` through a token-aware session: a single-partition batch
+is one mutation on one replica, so Cassandra applies it as cheaply as one row and the client pays one round
+trip per batch instead of one per row (docs/decisions/0009). Deterministic primary keys make a replayed
+batch rewrite the same cells; observations_latest is written ``USING TIMESTAMP <vintage µs>`` per row, so
+the newest vintage wins regardless of arrival order, inside a batch too. Input is a list of canonical
+record dicts or a ``pyarrow.Table`` of ``arrow_schema()``; both are turned into bind tuples column-wise.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 from covidflow import settings
-from covidflow.catalog.schema import ObservationSchema, load_schema
-from covidflow.normalise.stream import cassandra_values, vintage_rows, write_timestamp
+from covidflow.catalog.schema import ObservationSchema, arrow_schema, load_schema
 from covidflow.store.cassandra_schema import generate_cql, statements
 
 log = logging.getLogger(__name__)
-CONCURRENCY = 64
+
+#: Batches in flight per writer. 32 keeps Cassandra's native-transport threads busy on 2 cores without
+#: queueing requests past the driver's 10 s timeout (bench/store_writers.py).
+CONCURRENCY = 32
+#: Rows per batch: the 100-row batches of issue 12's measurement; bigger ones gain little and hold locks longer.
+MAX_BATCH_ROWS = 100
+#: Bytes per batch (estimated from the bound values). Cassandra only checks the size of batches spanning several
+#: partitions (batch_size_fail_threshold, 50 KiB by default, not overridden in the stack's cassandra.yaml);
+#: ours span one, but staying under it keeps every request small and the writer safe if that ever changes.
+MAX_BATCH_BYTES = 40 * 1024
+#: Records converted to bind tuples at a time: bounds the Python objects alive for a big Arrow table.
+SLICE_ROWS = 100_000
+LATEST_TABLE = "observations_latest"
+TIMESTAMP_MARKER = "[timestamp]"  # the driver's name for the ``USING TIMESTAMP ?`` bind marker
+PROTOCOL_VERSION = 5
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
 _SESSIONS: dict[tuple[str, int], Any] = {}
 
 
 def session(host: str | None = None, port: int | None = None) -> Any:
-    """A cached cassandra-driver session (creating a Cluster per batch would cost ~1 s each time)."""
+    """A cached cassandra-driver session (creating a Cluster per batch would cost ~1 s each time).
+
+    Token-aware: a batch (routing key of its first statement, i.e. its partition) goes straight to a replica
+    of that partition, with no coordinator hop on a multi-node cluster.
+    """
     key = (host or settings.CASSANDRA_HOST, port or settings.CASSANDRA_PORT)
     if key not in _SESSIONS:
         from cassandra.cluster import Cluster
-        from cassandra.policies import ExponentialReconnectionPolicy, RoundRobinPolicy
+        from cassandra.policies import ExponentialReconnectionPolicy, RoundRobinPolicy, TokenAwarePolicy
 
         cluster = Cluster(
             [key[0]],
             port=key[1],
-            load_balancing_policy=RoundRobinPolicy(),
-            protocol_version=5,
+            load_balancing_policy=TokenAwarePolicy(RoundRobinPolicy()),
+            protocol_version=PROTOCOL_VERSION,
             # Reconnect within seconds after an outage (the default backs off to 10 minutes).
             reconnection_policy=ExponentialReconnectionPolicy(1.0, 10.0),
         )
@@ -60,12 +87,39 @@ def _any_host_up(sess: Any) -> bool:
     return any(h.is_up for h in sess.cluster.metadata.all_hosts())
 
 
-def ensure_schema(sess: Any, replication: dict[str, str | int] | None = None) -> int:
+def ensure_schema(sess: Any, replication: dict[str, str | int] | None = None, *, keyspace: str | None = None) -> int:
     """Run the generated CQL (all IF NOT EXISTS): safe at every job start. Returns statements run."""
-    stmts = statements(generate_cql(replication=replication))
+    stmts = statements(generate_cql(replication=replication, keyspace=keyspace))
     for stmt in stmts:
         sess.execute(stmt, timeout=60)
     return len(stmts)
+
+
+# -- shapes for the tables (pure) ------------------------------------------------------------------------
+
+
+def write_timestamp(record: dict[str, Any]) -> int:
+    """Cassandra write time (µs) = vintage: in observations_latest a newer vintage always wins, and a late
+    replay of an old vintage can never overwrite it (see docs/decisions/0002). Exact integer arithmetic, so
+    a record dict and its Arrow row (timestamp[us] cast to int64) get the same write time."""
+    vintage: datetime = record["vintage"]
+    return (vintage - _EPOCH) // _ONE_US
+
+
+def cassandra_values(record: dict[str, Any], columns: list[str]) -> tuple[Any, ...]:
+    """Bind values for a prepared INSERT of ``columns`` (geo_point as a (lat, lon) tuple for the UDT)."""
+    out = []
+    for name in columns:
+        value = record[name]
+        if name == "location_point" and value is not None:
+            value = (value["lat"], value["lon"])
+        out.append(value)
+    return tuple(out)
+
+
+def vintage_rows(records: Iterable[dict[str, Any]], columns: list[str]) -> list[tuple[Any, ...]]:
+    """Distinct rows of vintages_by_source for the records of a batch."""
+    return list(dict.fromkeys(tuple(record[c] for c in columns) for record in records))
 
 
 def _unset_nulls(row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -76,61 +130,315 @@ def _unset_nulls(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(UNSET_VALUE if v is None else v for v in row)
 
 
+def canonical_table(records: Any, schema: ObservationSchema | None = None) -> Any | None:
+    """``records`` as a ``pyarrow.Table`` checked against ``arrow_schema()``, or None if it is not Arrow data.
+
+    The check names the first wrong column: a table from another schema version must fail here, not half-way
+    through a write. Non-nullable columns must hold no null (Arrow does not enforce a field's nullability).
+    """
+    module = type(records).__module__
+    if not module.startswith("pyarrow"):
+        return None
+    import pyarrow as pa
+
+    table = pa.Table.from_batches([records]) if isinstance(records, pa.RecordBatch) else records
+    if not isinstance(table, pa.Table):
+        raise TypeError(f"expected a pyarrow.Table of canonical records, got {type(records).__name__}")
+    expected = arrow_schema(schema)
+    if table.schema.names != expected.names:
+        raise ValueError(f"arrow columns {table.schema.names} are not the canonical ones {expected.names}")
+    for field in expected:
+        got = table.schema.field(field.name)
+        if not got.type.equals(field.type):
+            raise ValueError(f"arrow column {field.name} is {got.type}, expected {field.type}")
+        if not field.nullable and table.column(field.name).null_count:
+            raise ValueError(f"arrow column {field.name} holds nulls but is not nullable")
+    return table
+
+
+def partition_batches(
+    keys: Sequence[Any], sizes: Sequence[int], *, max_rows: int = MAX_BATCH_ROWS, max_bytes: int = MAX_BATCH_BYTES
+) -> list[list[int]]:
+    """Row indices grouped into batches: one partition key per batch, at most ``max_rows`` rows and ``max_bytes``
+    (estimated) bytes each; a single row bigger than ``max_bytes`` goes alone. Rows keep their order."""
+    groups: dict[Any, list[int]] = {}
+    for i, key in enumerate(keys):
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [i]
+        else:
+            group.append(i)
+    batches: list[list[int]] = []
+    for rows in groups.values():
+        if len(rows) <= max_rows and sum(sizes[i] for i in rows) <= max_bytes:
+            batches.append(rows)
+            continue
+        current: list[int] = []
+        used = 0
+        for i in rows:
+            if current and (len(current) >= max_rows or used + sizes[i] > max_bytes):
+                batches.append(current)
+                current, used = [], 0
+            current.append(i)
+            used += sizes[i]
+        batches.append(current)
+    return batches
+
+
+class _Columns:
+    """One slice of records as Python lists per canonical field (nulls as None), built without a dict per record."""
+
+    def __init__(self, names: list[str], columns: list[list[Any]], vintage_us: list[int]) -> None:
+        self.by_name = dict(zip(names, columns, strict=True))
+        self.vintage_us = vintage_us
+
+    @classmethod
+    def from_records(cls, records: list[dict[str, Any]], names: list[str]) -> _Columns:
+        columns = [[r[name] for r in records] for name in names]
+        vintages = columns[names.index("vintage")]
+        us = {v: (v - _EPOCH) // _ONE_US for v in set(vintages)}  # few distinct vintages per batch
+        return cls(names, columns, [us[v] for v in vintages])
+
+    @classmethod
+    def from_arrow(cls, table: Any, names: list[str]) -> _Columns:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        columns = [table.column(name).to_pylist() for name in names]
+        vintage_us = pc.cast(table.column("vintage"), pa.int64()).to_pylist()
+        return cls(names, columns, vintage_us)
+
+    def bind_values(self, name: str) -> list[Any]:
+        """What the driver binds for column ``name``: a point as (lat, lon) for the UDT, nulls unset."""
+        from cassandra.query import UNSET_VALUE
+
+        if name == TIMESTAMP_MARKER:
+            return self.vintage_us
+        values = self.by_name[name]
+        if name == "location_point":
+            return [UNSET_VALUE if p is None else (p["lat"], p["lon"]) for p in values]
+        if None in values:
+            return [UNSET_VALUE if v is None else v for v in values]
+        return values
+
+
+def encode_column(values: list[Any], cql_type: Any, protocol_version: int) -> tuple[list[Any], list[int]]:
+    """Serialise one column with the driver's own CQL type, each distinct value once; returns (bytes, lengths).
+
+    ``PreparedStatement.bind`` does the same per row, per value, and costs ~50 µs a row here: most columns of a
+    batch repeat a handful of values (source, metric, unit, place, vintage), so this is several times cheaper.
+    ``UNSET_VALUE`` (and None) pass through, as in ``bind``.
+    """
+    from cassandra.query import UNSET_VALUE
+
+    def one(v: Any) -> Any:
+        if v is None or v is UNSET_VALUE:
+            return v
+        try:
+            return cql_type.serialize(v, protocol_version)
+        except (TypeError, struct.error, AttributeError) as exc:
+            raise TypeError(f"cannot serialise {v!r} as {cql_type.cql_parameterized_type()}: {exc}") from exc
+
+    codes = {v: one(v) for v in dict.fromkeys(values)}
+    lengths = {v: len(b) if isinstance(b, bytes) else 0 for v, b in codes.items()}
+    return list(map(codes.__getitem__, values)), list(map(lengths.__getitem__, values))
+
+
 class CassandraWriter:
     """Upserts canonical records into observations_latest, observations_by_vintage and vintages_by_source."""
 
-    def __init__(self, sess: Any, schema: ObservationSchema | None = None, *, retry_for: float = 600.0) -> None:
+    def __init__(
+        self,
+        sess: Any,
+        schema: ObservationSchema | None = None,
+        *,
+        retry_for: float = 600.0,
+        keyspace: str | None = None,
+        concurrency: int = CONCURRENCY,
+        max_batch_rows: int = MAX_BATCH_ROWS,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+    ) -> None:
         self.session = sess
         self.schema = schema or load_schema()
         self.retry_for = retry_for
-        ks = self.schema.cassandra["keyspace"]
-        self.inserts: dict[str, tuple[Any, list[str]]] = {}
+        self.concurrency = concurrency
+        self.max_batch_rows = max_batch_rows
+        self.max_batch_bytes = max_batch_bytes
+        self.keyspace = keyspace or self.schema.cassandra["keyspace"]
+        self.protocol = getattr(getattr(sess, "cluster", None), "protocol_version", None) or PROTOCOL_VERSION
+        self.tables: dict[str, dict[str, Any]] = {}
         for table in self.schema.cassandra["tables"]:
             cols = self.schema.field_names if table["columns"] == "all" else list(table["columns"])
             marks = ", ".join("?" for _ in cols)
-            using = " USING TIMESTAMP ?" if table["name"] == "observations_latest" else ""
-            cql = f"INSERT INTO {ks}.{table['name']} ({', '.join(cols)}) VALUES ({marks}){using}"
-            self.inserts[table["name"]] = (sess.prepare(cql), cols)
+            latest = table["name"] == LATEST_TABLE
+            using = " USING TIMESTAMP ?" if latest else ""
+            cql = f"INSERT INTO {self.keyspace}.{table['name']} ({', '.join(cols)}) VALUES ({marks}){using}"
+            prepared = sess.prepare(cql)
+            bound = [*cols, TIMESTAMP_MARKER] if latest else cols
+            self.tables[table["name"]] = {
+                "statement": prepared,
+                "columns": cols,
+                "bound": bound,  # the bind markers in order: the columns, then the write time if any
+                "types": dict(zip(bound, (c.type for c in prepared.column_metadata), strict=True)),
+                "per_record": table["columns"] == "all",  # one row per record; otherwise distinct projections
+                "key": [cols.index(c) for c in table["partition_key"]],
+            }
 
-    def _params(self, table: str, records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        _, cols = self.inserts[table]
-        if table == "observations_latest":
-            rows = [(*cassandra_values(r, cols), write_timestamp(r)) for r in records]
-        elif set(cols) == set(self.schema.field_names):
-            rows = [cassandra_values(r, cols) for r in records]
+    @property
+    def inserts(self) -> dict[str, tuple[Any, list[str]]]:
+        """table -> (prepared INSERT, its columns)."""
+        return {name: (t["statement"], t["columns"]) for name, t in self.tables.items()}
+
+    def write(self, records: Iterable[dict[str, Any]] | Any) -> dict[str, int]:
+        """Rows written per table; retries the failed (idempotent) batches while Cassandra is unreachable.
+
+        ``records``: canonical record dicts or a ``pyarrow.Table`` with exactly ``arrow_schema()``. A record id
+        given twice is written once (the last one): inside one batch two writes of a row share a timestamp.
+        """
+        table = canonical_table(records, self.schema)
+        names = self.schema.field_names
+        if table is not None:
+            table = _last_per_id(table)
+            total = table.num_rows
+            slices = (_Columns.from_arrow(table.slice(i, SLICE_ROWS), names) for i in range(0, total, SLICE_ROWS))
         else:
-            rows = vintage_rows(records, cols)
-        return [_unset_nulls(row) for row in rows]
-
-    def write(self, records: Iterable[dict[str, Any]]) -> dict[str, int]:
-        """Rows written per table; retries the whole (idempotent) write while Cassandra is unreachable."""
-        from cassandra.concurrent import execute_concurrent_with_args
-
-        batch = list(records)
-        counts: dict[str, int] = {}
-        for table, (stmt, _) in self.inserts.items():
-            params = self._params(table, batch)
-            counts[table] = len(params)
-            deadline = time.monotonic() + self.retry_for
-            delay = 1.0
-            while True:
-                if _any_host_up(self.session):
-                    try:
-                        results = execute_concurrent_with_args(
-                            self.session, stmt, params, concurrency=CONCURRENCY, raise_on_first_error=False
-                        )
-                        failed = [(p, r) for p, (ok, r) in zip(params, results, strict=True) if not ok]
-                    except Exception as exc:  # the driver itself can trip over mass connection errors
-                        failed = [(p, exc) for p in params]
-                else:  # skip the call: failing thousands of requests at once recurses in the driver
-                    failed = [(p, "no Cassandra host up") for p in params]
-                if not failed:
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{len(failed)} writes to {table} failed; first: {failed[0][1]!r}")
-                log.warning("cassandra: %d/%d writes to %s failed (%r); retry in %.0fs",
-                            len(failed), len(params), table, failed[0][1], delay)  # fmt: skip
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
-                params = [p for p, _ in failed]
+            batch = list({r["record_id"]: r for r in records}.values())
+            total = len(batch)
+            slices = (_Columns.from_records(batch[i : i + SLICE_ROWS], names) for i in range(0, total, SLICE_ROWS))
+        counts = {name: 0 for name in self.tables}
+        projected = [name for name, t in self.tables.items() if not t["per_record"]]
+        distinct: dict[str, dict[tuple[Any, ...], None]] = {name: {} for name in projected}
+        for cols in slices:
+            encoded: dict[str, tuple[list[Any], list[int]]] = {}  # shared by the tables that bind the same column
+            rows = {name: self.encode(name, cols, encoded) for name, t in self.tables.items() if t["per_record"]}
+            for name in projected:
+                values = (cols.by_name[c] for c in self.tables[name]["columns"])
+                distinct[name].update(dict.fromkeys(zip(*values, strict=True)))
+            self._write_rows(rows)
+            for name, (table_rows, _) in rows.items():
+                counts[name] += len(table_rows)
+        if distinct:
+            rows = {}
+            for name, unique in distinct.items():
+                columns = list(zip(*unique, strict=True)) if unique else [[] for _ in self.tables[name]["columns"]]
+                cols = _Columns(self.tables[name]["columns"], [list(c) for c in columns], [])
+                rows[name] = self.encode(name, cols, {})
+                counts[name] = len(unique)
+            self._write_rows(rows)
         return counts
+
+    def encode(
+        self, name: str, cols: _Columns, encoded: dict[str, tuple[list[Any], list[int]]]
+    ) -> tuple[list[tuple[Any, ...]], list[int]]:
+        """Serialised bind values of table ``name`` for every row of ``cols``, and each row's size in bytes."""
+        table = self.tables[name]
+        for column in table["bound"]:
+            if column not in encoded:
+                encoded[column] = encode_column(cols.bind_values(column), table["types"][column], self.protocol)
+        rows = list(zip(*(encoded[c][0] for c in table["bound"]), strict=True))
+        sizes = list(map(sum, zip(*(encoded[c][1] for c in table["bound"]), strict=True)))
+        return rows, sizes
+
+    def _write_rows(self, encoded: dict[str, tuple[list[tuple[Any, ...]], list[int]]]) -> None:
+        """Send every table's rows as partition batches; retry the failed batches until ``retry_for`` runs out."""
+        plan: list[tuple[str, list[int]]] = []
+        rows = {name: table_rows for name, (table_rows, _) in encoded.items()}
+        for name, (table_rows, sizes) in encoded.items():
+            key = itemgetter(*self.tables[name]["key"])
+            batches = partition_batches(
+                [key(r) for r in table_rows], sizes, max_rows=self.max_batch_rows, max_bytes=self.max_batch_bytes
+            )
+            plan.extend((name, b) for b in batches)
+        deadline = time.monotonic() + self.retry_for
+        delay = 1.0
+        while plan:
+            if _any_host_up(self.session):
+                failed = self._execute(plan, rows)
+            else:  # skip the calls: failing thousands of requests at once only floods the driver
+                failed = [(item, "no Cassandra host up") for item in plan]
+            if not failed:
+                return
+            by_table: dict[str, list[Any]] = {}
+            for (name, batch), error in failed:
+                entry = by_table.setdefault(name, [0, error])
+                entry[0] += len(batch)
+            if time.monotonic() > deadline:
+                name, (n, error) = next(iter(by_table.items()))
+                raise RuntimeError(f"{n} writes to {name} failed; first: {error!r}")
+            for name, (n, error) in by_table.items():
+                log.warning("cassandra: %d/%d writes to %s failed (%r); retry in %.0fs",
+                            n, len(rows[name]), name, error, delay)  # fmt: skip
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            plan = [item for item, _ in failed]
+
+    def _statement(self, name: str, batch: list[int], rows: list[tuple[Any, ...]]) -> Any:
+        """One bound statement, or an UNLOGGED batch of them routed by its partition key.
+
+        The values are already serialised (``encode_column``), so they are set as a bound statement's ``values``,
+        which is what ``PreparedStatement.bind`` fills in and what the driver sends. ``BatchStatement.add`` keeps
+        the values object it is given, so one ``BoundStatement`` per batch carries every row in turn (the batch
+        takes its routing key from the first row; all its rows share that partition).
+        """
+        from cassandra.query import BatchStatement, BatchType, BoundStatement
+
+        bound = BoundStatement(self.tables[name]["statement"])
+        if len(batch) == 1:
+            bound.values = rows[batch[0]]
+            return bound
+        statement = BatchStatement(batch_type=BatchType.UNLOGGED)
+        for i in batch:
+            bound.values = rows[i]
+            statement.add(bound)
+        return statement
+
+    def _execute(
+        self, plan: list[tuple[str, list[int]]], rows: dict[str, list[tuple[Any, ...]]]
+    ) -> list[tuple[tuple[str, list[int]], Any]]:
+        """Run the plan with at most ``concurrency`` requests in flight; returns (batch, error) of the failures.
+
+        Statements are built here, in the caller's thread, while earlier ones are on the wire; the driver's IO
+        thread only releases a slot when a response (or error) arrives.
+        """
+        window = threading.BoundedSemaphore(self.concurrency)
+        lock = threading.Lock()
+        failed: list[tuple[tuple[str, list[int]], Any]] = []
+        pending: set[int] = set()
+
+        def done(_result: Any, n: int) -> None:
+            with lock:
+                pending.discard(n)
+            window.release()
+
+        def error(exc: Any, n: int) -> None:
+            with lock:
+                if n in pending:  # not yet given up on (see the end)
+                    pending.discard(n)
+                    failed.append((plan[n], exc))
+            window.release()
+
+        for n, (name, batch) in enumerate(plan):
+            statement = self._statement(name, batch, rows[name])
+            window.acquire()
+            with lock:
+                pending.add(n)
+            try:
+                future = self.session.execute_async(statement)
+                future.add_callbacks(done, error, callback_args=(n,), errback_args=(n,))
+            except Exception as exc:  # the driver itself can trip over mass connection errors
+                error(exc, n)
+        # Every request has the driver's own timeout, so the slots come back; the bound is a last resort.
+        for _ in range(self.concurrency):
+            if not window.acquire(timeout=300):
+                break
+        with lock:
+            failed.extend((plan[n], "no answer within 300 s") for n in sorted(pending))
+            pending.clear()
+            return list(failed)
+
+
+def _last_per_id(table: Any) -> Any:
+    """The table without repeated record ids (the last occurrence kept), as the dict path does."""
+    ids = table.column("record_id").to_pylist()
+    last = {rid: i for i, rid in enumerate(ids)}
+    return table if len(last) == len(ids) else table.take(sorted(last.values()))

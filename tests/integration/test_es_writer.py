@@ -1,4 +1,5 @@
-"""The stream's Elasticsearch writer on the real server: a batch replayed after a rollover overwrites, never copies."""
+"""The stream's Elasticsearch writer on the real server: a batch replayed after a rollover overwrites, never copies;
+record dicts and Arrow tables give the same documents."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from covidflow.catalog.schema import arrow_schema
 from covidflow.catalog.specs import find_spec
 from covidflow.index.es_template import generate_template
 from covidflow.index.es_writer import EsWriter
@@ -38,12 +40,31 @@ def count_by_index(es: Any, alias: str) -> dict[str, int]:
     return {name: es.count(index=name)["count"] for name in sorted(es.indices.get_alias(name=alias))}
 
 
-def test_a_batch_replayed_after_a_rollover_overwrites_in_place_and_makes_no_copy(alias: tuple[Any, str]) -> None:
+def shaped(records: list[dict[str, Any]], shape: str) -> Any:
+    """The records as the stream hands them: dicts, or an Arrow table of the canonical schema."""
+    import pyarrow as pa
+
+    return pa.Table.from_pylist(records, schema=arrow_schema()) if shape == "arrow" else records
+
+
+class ShapedWriter(EsWriter):
+    def __init__(self, es: Any, alias: str, shape: str) -> None:
+        super().__init__(es, alias=alias, retry_for=30)
+        self.shape = shape
+
+    def write(self, records: Any) -> int:
+        return super().write(shaped(records, self.shape))
+
+
+@pytest.mark.parametrize("shape", ["dicts", "arrow"])
+def test_a_batch_replayed_after_a_rollover_overwrites_in_place_and_makes_no_copy(
+    alias: tuple[Any, str], shape: str
+) -> None:
     es, name = alias
     spec = find_spec("spf_donnees_hospitalieres")
     records, _ = run_file(spec, spec.sample_path)
     batch = list(islice(records, 300))
-    writer = EsWriter(es, alias=name, retry_for=30)
+    writer = ShapedWriter(es, name, shape)
 
     assert writer.write(batch[:100]) == 100
     writer.write(batch[:100])  # a replay before any rollover: overwritten in place
@@ -65,3 +86,28 @@ def test_a_batch_replayed_after_a_rollover_overwrites_in_place_and_makes_no_copy
     ids = [hit["_id"] for hit in found["hits"]["hits"]]
     assert len(ids) == len(set(ids)) == 300
     assert es.get(index=f"{name}-000001", id=ain["record_id"])["_source"]["value"] == ain["value"] + 1000
+
+
+def test_arrow_and_dicts_index_the_same_documents(alias: tuple[Any, str]) -> None:
+    """Every field as stored, from both shapes: dates yyyy-MM-dd, instants ISO-8601 UTC, points, nulls."""
+    es, name = alias
+    picked = []
+    for source in ("spf_donnees_hospitalieres", "jhu_csse_time_series_global"):
+        spec = find_spec(source)
+        picked += list(islice(run_file(spec, spec.sample_path)[0], 150))
+    # Requests of 40 documents, 3 in flight: the 300 documents take several parallel requests.
+    writer = EsWriter(es, alias=name, retry_for=30, bulk_docs=40, threads=3)
+    assert writer.write(picked) == 300
+    from_dicts = {d["_id"]: d["_source"] for d in es.mget(index=name, ids=[r["record_id"] for r in picked])["docs"]}
+    from elasticsearch import helpers
+
+    helpers.bulk(es, ({"_op_type": "delete", "_index": f"{name}-000001", "_id": r["record_id"]} for r in picked))
+    assert count_by_index(es, name) == {f"{name}-000001": 0}
+    assert writer.write(shaped(picked, "arrow")) == 300
+    docs = es.mget(index=name, ids=[r["record_id"] for r in picked])["docs"]
+    assert {d["_id"]: d["_source"] for d in docs} == from_dicts
+    jhu = from_dicts[picked[-1]["record_id"]]
+    assert jhu["location_point"] == picked[-1]["location_point"] and jhu["location_parent_key"] is None
+    assert jhu["date"] == picked[-1]["date"].isoformat()
+    assert jhu["vintage"] == picked[-1]["vintage"].isoformat() and jhu["vintage"].endswith("+00:00")
+    assert count_by_index(es, name) == {f"{name}-000001": 300}

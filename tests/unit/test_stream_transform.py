@@ -8,19 +8,11 @@ from datetime import UTC, date, datetime
 import pytest
 
 from covidflow.catalog.schema import load_schema, record_id
-from covidflow.normalise.stream import (
-    cassandra_values,
-    dead_letter_key,
-    es_actions,
-    parse_instant,
-    process_messages,
-    provenance_of,
-    validate_record,
-    vintage_rows,
-    write_timestamp,
-)
+from covidflow.index.es_writer import es_actions
+from covidflow.normalise.stream import dead_letter_key, parse_instant, process_messages, provenance_of, validate_record
 from covidflow.normalise.stream_runtime import NormaliserCache, merge_stats
 from covidflow.publish.envelope import ObjectRef, RawEnvelope
+from covidflow.store.cassandra_writer import cassandra_values, vintage_rows, write_timestamp
 
 NOW = datetime(2026, 1, 20, 12, 0, tzinfo=UTC)
 REF = ObjectRef("covidflow-landing", "spf/donnees-hospitalieres/donnees-hospitalieres-covid19_x.csv", "etag1")
