@@ -1,10 +1,16 @@
-"""Read throughput: our csv reader vs a plain ``csv`` loop, on a synthetic SPF-shaped hospital file.
+"""Read throughput on a synthetic SPF-shaped hospital file: a plain ``csv.reader`` loop (the baseline), our
+per-record reader (``read_records``), our columnar reader (``read_batches``) and the ``sources preview`` path.
 
-Each phase runs in its own subprocess so that its peak RSS is its own. To add a phase (e.g. the
-``covidflow sources preview`` path), write a function ``(path) -> rows`` and register it in PHASES.
+Each phase runs in its own subprocess, so its peak RSS (``ru_maxrss``) is its own; every ratio is to the
+baseline measured in the same run. To add a phase, write a function ``(path) -> rows`` and register it in PHASES.
 
     .venv/bin/python bench/read_throughput.py              # ~100 MB file (2.65M rows) in a temp dir
     .venv/bin/python bench/read_throughput.py --rows 200000 --file /tmp/spf.csv
+    .venv/bin/python bench/read_throughput.py --scale 1000000,10000000 --phases covidflow_batches,sources_preview
+
+``--scale`` generates one file per row count (in --dir, kept for re-runs) and runs the phases on each, then
+prints each phase's time per row and peak RSS at every size next to the smallest size (the issue's bar: per-row
+time of the larger within 1.2x, memory flat).
 """
 
 from __future__ import annotations
@@ -74,6 +80,21 @@ def phase_covidflow_csv(path: Path) -> int:
     return rows
 
 
+def phase_covidflow_batches(path: Path) -> int:
+    """Our columnar reader: Arrow raw batches (pyarrow on blocks of clean lines), same rejects and line numbers."""
+    import pyarrow as pa
+
+    from covidflow.read.batch import read_batches
+
+    rows = 0
+    with path.open("rb") as f:
+        for item in read_batches(f, "csv", {"delimiter": ";"}, name=str(path)):
+            if not isinstance(item, pa.RecordBatch):
+                raise SystemExit(f"unexpected item: {item}")
+            rows += item.num_rows
+    return rows
+
+
 def phase_sources_preview(path: Path) -> int:
     """What ``covidflow sources preview spf_donnees_hospitalieres FILE`` does: reader + normalisation core.
 
@@ -94,6 +115,7 @@ PHASES: dict[str, Callable[[Path], int]] = {
     "plain_csv": phase_plain_csv,
     "plain_dictreader": phase_plain_dictreader,
     "covidflow_csv": phase_covidflow_csv,
+    "covidflow_batches": phase_covidflow_batches,
     "sources_preview": phase_sources_preview,
 }
 BASELINE = "plain_csv"
@@ -108,42 +130,86 @@ def run_phase(name: str, path: Path) -> None:
     print(json.dumps({"phase": name, "rows": rows, "seconds": seconds, "peak_rss_kib": peak_kib}))
 
 
+def measure(names: list[str], path: Path) -> dict[str, dict]:
+    """Run each phase in a fresh interpreter on ``path``; its JSON figures by phase name."""
+    results = {}
+    for name in names:
+        out = subprocess.run(
+            [sys.executable, __file__, "--phase", name, "--file", str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        results[name] = json.loads(out.strip().splitlines()[-1])
+    return results
+
+
+def report(results: dict[str, dict], size_mb: float) -> None:
+    base = results.get(BASELINE)
+    vs = "vs " + BASELINE
+    print(f"{'phase':<18} {'rows':>10} {'seconds':>8} {'rows/s':>11} {'MB/s':>7} {vs:>13} {'peak RSS':>9}")
+    for name, r in results.items():
+        rate = r["rows"] / r["seconds"]
+        ratio = f"{rate / (base['rows'] / base['seconds']):.2f}x" if base else "-"
+        print(
+            f"{name:<18} {r['rows']:>10} {r['seconds']:>8.2f} {rate:>11,.0f} {size_mb / r['seconds']:>7.1f} "
+            f"{ratio:>13} {r['peak_rss_kib'] / 1024:>7.1f}MB"
+        )
+
+
+def scale(counts: list[int], names: list[str], directory: Path) -> None:
+    """The same phases on files of growing size: time per row and peak RSS next to the smallest file's."""
+    table: dict[int, dict[str, dict]] = {}
+    for rows in counts:
+        path = directory / f"spf_hosp_{rows}.csv"
+        if not path.exists():
+            print(f"generating {rows} rows -> {path}", flush=True)
+            generate(path, rows)
+        size_mb = path.stat().st_size / 1e6
+        print(f"\nfile: {path} ({size_mb:.1f} MB)", flush=True)
+        table[rows] = measure(names, path)
+        report(table[rows], size_mb)
+    first = counts[0]
+    print(f"\nscale (vs {first:,} rows):")
+    print(f"{'phase':<18} {'rows':>11} {'us/row':>8} {'x smallest':>11} {'peak RSS':>9} {'x smallest':>11}")
+    for name in names:
+        base = table[first][name]
+        base_us = base["seconds"] / base["rows"] * 1e6
+        for rows in counts:
+            r = table[rows][name]
+            us = r["seconds"] / r["rows"] * 1e6
+            print(
+                f"{name:<18} {rows:>11,} {us:>8.3f} {us / base_us:>10.2f}x {r['peak_rss_kib'] / 1024:>7.1f}MB "
+                f"{r['peak_rss_kib'] / base['peak_rss_kib']:>10.2f}x"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="data rows to generate (default ~100 MB)")
     parser.add_argument("--file", type=Path, help="CSV to use; generated there if missing (default: a temp dir)")
     parser.add_argument("--phases", default=",".join(PHASES), help="comma-separated phases to run")
+    parser.add_argument("--scale", help="comma-separated row counts: run the phases on one file of each size")
+    parser.add_argument("--dir", type=Path, help="where --scale keeps its files (default: a temp dir, removed)")
     parser.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase in this process
     args = parser.parse_args()
     if args.phase:
         run_phase(args.phase, args.file)
         return
+    names = args.phases.split(",")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.scale:
+            directory = args.dir or Path(tmp)
+            directory.mkdir(parents=True, exist_ok=True)
+            scale([int(n) for n in args.scale.split(",")], names, directory)
+            return
         path = args.file or Path(tmp) / f"spf_hosp_{args.rows}.csv"
         if not path.exists():
             print(f"generating {args.rows} rows -> {path}", flush=True)
             generate(path, args.rows)
         size_mb = path.stat().st_size / 1e6
         print(f"file: {path} ({size_mb:.1f} MB)")
-        results = {}
-        for name in args.phases.split(","):
-            out = subprocess.run(
-                [sys.executable, __file__, "--phase", name, "--file", str(path)],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-            results[name] = json.loads(out.strip().splitlines()[-1])
-        base = results.get(BASELINE)
-        vs = "vs " + BASELINE
-        print(f"{'phase':<18} {'rows':>10} {'seconds':>8} {'rows/s':>11} {'MB/s':>7} {vs:>13} {'peak RSS':>9}")
-        for name, r in results.items():
-            rate = r["rows"] / r["seconds"]
-            ratio = f"{rate / (base['rows'] / base['seconds']):.2f}x" if base else "-"
-            print(
-                f"{name:<18} {r['rows']:>10} {r['seconds']:>8.2f} {rate:>11,.0f} {size_mb / r['seconds']:>7.1f} "
-                f"{ratio:>13} {r['peak_rss_kib'] / 1024:>7.1f}MB"
-            )
+        report(measure(names, path), size_mb)
 
 
 if __name__ == "__main__":

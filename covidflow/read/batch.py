@@ -21,8 +21,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from covidflow.read import read_records
-from covidflow.read.base import RawRecord, RawReject
+from covidflow.read import _reader, read_records
+from covidflow.read.base import RawRecord, RawReject, ReaderError
+from covidflow.read.delimited import read_csv_blocks
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -79,15 +80,17 @@ def batch_to_records(batch: pa.RecordBatch) -> list[RawRecord]:
     columns = {name: batch.column(name).to_pylist() for name in batch.schema.names}
     rows, lines = columns.pop(ROW), columns.pop(LINE)
     names = list(columns)
-    return [
-        RawRecord(rows[i], {name: columns[name][i] for name in names}, lines[i]) for i in range(batch.num_rows)
-    ]
+    return [RawRecord(rows[i], {name: columns[name][i] for name in names}, lines[i]) for i in range(batch.num_rows)]
 
 
 def chunk_records(
     items: Iterator[RawRecord | RawReject], batch_rows: int = BATCH_ROWS
 ) -> Iterator[pa.RecordBatch | list[RawRecord] | RawReject]:
-    """Group a reader's records into raw batches (or record lists that do not fit columns); rejects pass through."""
+    """Group a reader's records into raw batches (or record lists that do not fit columns); rejects pass through.
+
+    A ReaderError (truncated archive, a cap) is raised after the records read before it are yielded, as the
+    per-record reader yields them.
+    """
     pending: list[RawRecord] = []
 
     def flush() -> Iterator[pa.RecordBatch | list[RawRecord]]:
@@ -96,19 +99,85 @@ def chunk_records(
             yield batch if batch is not None else list(pending)
             pending.clear()
 
-    for item in items:
-        if isinstance(item, RawReject):
-            yield from flush()
-            yield item
-            continue
-        pending.append(item)
-        if len(pending) >= batch_rows:
-            yield from flush()
+    try:
+        for item in items:
+            if isinstance(item, RawReject):
+                yield from flush()
+                yield item
+                continue
+            pending.append(item)
+            if len(pending) >= batch_rows:
+                yield from flush()
+    except ReaderError:
+        yield from flush()
+        raise
+    yield from flush()
+
+
+def rechunk(
+    items: Iterator[RawRecord | RawReject | pa.RecordBatch], batch_rows: int = BATCH_ROWS
+) -> Iterator[pa.RecordBatch | RawReject]:
+    """``chunk_records`` for a stream that mixes raw batches (runs of records) with records and rejects.
+
+    Gives the batches ``chunk_records`` gives for the same records: ``batch_rows`` records each, cut at every
+    reject and at the end. Every record must fit columns (true of csv: all strings, one key set).
+    """
+    import pyarrow as pa
+
+    parts: list[pa.RecordBatch] = []
+    records: list[RawRecord] = []
+    count = 0
+
+    def gather() -> None:
+        if records:
+            batch = records_to_batch(records)
+            if batch is None:  # cannot happen for csv; never silently reshape a value
+                raise ValueError("records do not fit one Arrow column per field")
+            parts.append(batch)
+            records.clear()
+
+    def flush() -> Iterator[pa.RecordBatch]:
+        nonlocal count
+        gather()
+        if parts:
+            yield parts[0] if len(parts) == 1 else pa.concat_batches(parts)
+            parts.clear()
+        count = 0
+
+    try:
+        for item in items:
+            if isinstance(item, RawReject):
+                yield from flush()
+                yield item
+            elif isinstance(item, RawRecord):
+                records.append(item)
+                count += 1
+                if count >= batch_rows:
+                    yield from flush()
+            else:
+                gather()
+                while item.num_rows:
+                    take = min(batch_rows - count, item.num_rows)
+                    parts.append(item.slice(0, take) if take < item.num_rows else item)
+                    item = item.slice(take)
+                    count += take
+                    if count >= batch_rows:
+                        yield from flush()
+    except ReaderError:
+        yield from flush()
+        raise
     yield from flush()
 
 
 def read_batches(
     stream: BinaryIO, fmt: str, options: Mapping[str, Any], *, name: str, batch_rows: int = BATCH_ROWS
 ) -> Iterator[pa.RecordBatch | list[RawRecord] | RawReject]:
-    """Read one object as raw batches; the same records, rejects and ReaderErrors as ``read_records``."""
+    """Read one object as raw batches; the same records, rejects and ReaderErrors as ``read_records``.
+
+    csv goes through the columnar reader (``delimited.read_csv_blocks``: pyarrow on blocks of clean lines);
+    every other format groups ``read_records`` output.
+    """
+    if fmt == "csv":
+        _reader(fmt, options or {}, name)  # unknown options fail at the call, as with read_records
+        return rechunk(read_csv_blocks(stream, options or {}, name), batch_rows)
     return chunk_records(read_records(stream, fmt, options, name=name), batch_rows)
