@@ -1,17 +1,19 @@
 """Stream throughput and latency on the local stack, next to the raw write rates of the same records, same run.
 
-Phases (one process, one run):
-1. raw Cassandra: the ~63k canonical records of all bundled samples, written by CassandraWriter alone
-   (observations_latest + observations_by_vintage + vintages_by_source), records/s;
-2. raw Elasticsearch: the same records, EsWriter alone (bulk, _id = record_id), records/s;
-3. stream: a private streaming job (own topic, checkpoint and app name, 1 s trigger) on the standalone master;
-   the same sample files are published as envelopes (new vintage, so new ids) and timed from the first
-   publish until the job has written them all to both stores: records/s sustained Kafka -> both stores;
+Phases (one process, one run), on the canonical records of every bundled sample plus a synthetic SPF hospital
+file of `--spf-rows` rows (4 records per row):
+1. raw Elasticsearch bulk (the baseline the issue names): `helpers.bulk` of the same documents into a private
+   index made from the project's template, records/s;
+2. raw Cassandra: the same records written by CassandraWriter alone (every table it writes), records/s;
+3. stream: a private streaming job (own topics, checkpoint and app name, 1 s trigger) on the standalone master;
+   the same files are published as envelopes (new vintage, so new ids) and timed from the first publish until
+   the job has written them all to both stores: records/s sustained Kafka -> both stores, and its ratio to 1;
 4. latency: N times, one small file (WHO sample, ~1k records) is published with a fresh vintage and timed
    until the last record is readable in Cassandra and Elasticsearch: median and p95 seconds.
-   Measured from the Kafka publish: the S3 -> ingest DAG leg is not included (see the issue notes).
+   Measured from the Kafka publish: the S3 -> ingest DAG leg is not included (bench/s3_to_query.py has it).
 
-Needs `covidflow stack up` (kafka, cassandra, elasticsearch, spark). Run: `.venv/bin/python bench/stream_throughput.py`
+Needs `covidflow stack up` (kafka, cassandra, elasticsearch, spark).
+Run: `.venv/bin/python bench/stream_throughput.py [--spf-rows 50000] [--latency-runs 15]`
 """
 
 from __future__ import annotations
@@ -21,14 +23,20 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from covidflow import settings
+from covidflow.catalog.schema import load_schema
 from covidflow.catalog.specs import find_spec, load_all
-from covidflow.index.es_writer import EsWriter, client, ensure_index
+from covidflow.index.es_writer import arrow_actions, client, ensure_index
 from covidflow.normalise.replay import envelopes_for_file, publish_file
 from covidflow.normalise.stream import process_messages
 from covidflow.normalise.stream_runtime import NormaliserCache
@@ -39,18 +47,53 @@ from covidflow.stack.services.spark import kafka_connector_jars, spark_env
 from covidflow.store.cassandra_writer import CassandraWriter, ensure_schema, session
 
 
-def records_for(files: list[tuple[str, Path]], vintage: datetime) -> dict[str, dict]:
+def records_for(files: list[tuple[str, Path]], vintage: datetime) -> Any:
+    """The canonical records the stream will make of ``files`` at ``vintage``, as one Arrow table."""
+    import pyarrow as pa
+
     cache = NormaliserCache()
-    out: dict[str, dict] = {}
+    tables = []
     for sid, path in files:
         envs = [e for e in envelopes_for_file(find_spec(sid), path, vintage=vintage) if not isinstance(e, RawReject)]
-        out.update(process_messages([e.to_json() for e in envs], cache).records)
-    return out
+        tables.append(process_messages([e.to_json() for e in envs], cache).records)
+    return pa.concat_tables(tables)
 
 
-def visible(sess, es, records: list[dict]) -> bool:
-    """The last record of a publish is readable in both stores."""
-    r = records[-1]
+def synthetic_spf(folder: Path, rows: int) -> Path:
+    """An SPF hospital-shaped file named like the publisher's (bench/scale_e2e.py's generator)."""
+    from scale_e2e import generate
+
+    path = folder / "donnees-hospitalieres-covid19-2031-02-01-19h00.csv"
+    generate(path, rows)
+    return path
+
+
+def raw_bulk_rate(es: Any, table: Any) -> float:
+    """records/s of plain helpers.bulk of the same documents into a private index (the baseline)."""
+    from elasticsearch import helpers
+
+    from covidflow.index.es_template import generate_template
+
+    index = f"bench-raw-bulk-{uuid.uuid4().hex[:8]}"
+    template = generate_template(load_schema())["template"]
+    es.indices.create(index=index, mappings=template["mappings"], settings=template.get("settings", {}))
+    try:
+        actions = arrow_actions(table, index)
+        t0 = time.monotonic()
+        ok, errors = helpers.bulk(es, actions, chunk_size=1000, raise_on_error=False)
+        seconds = time.monotonic() - t0
+        if errors:
+            raise SystemExit(f"raw bulk: {len(errors)} errors, first {errors[0]}")
+        return ok / seconds
+    finally:
+        es.indices.delete(index=index, ignore_unavailable=True)
+
+
+def visible(sess, es, table: Any) -> bool:
+    """The last record of a publish (highest source_row) is readable in both stores."""
+    import pyarrow.compute as pc
+
+    r = table.take([pc.index(table.column("source_row"), pc.max(table.column("source_row"))).as_py()]).to_pylist()[0]
     row = sess.execute(
         "SELECT record_id FROM covidflow.observations_by_vintage WHERE source_id=%s AND vintage=%s "
         "AND location_key=%s AND metric=%s AND date=%s",
@@ -62,10 +105,14 @@ def visible(sess, es, records: list[dict]) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--latency-runs", type=int, default=15)
+    parser.add_argument("--spf-rows", type=int, default=50_000, help="rows of the synthetic SPF file (4 records each)")
     args = parser.parse_args()
     from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
 
+    work = Path(tempfile.mkdtemp(prefix="covidflow-bench-files-"))
     files = [(s.id, s.sample_path) for s in load_all().values() if s.sample_path and s.sample_path.exists()]
+    files.append(("spf_donnees_hospitalieres", synthetic_spf(work, args.spf_rows)))
     base = datetime.now(UTC).replace(microsecond=0)
     sess, es = session(), client()
     ensure_schema(sess)
@@ -73,17 +120,12 @@ def main() -> None:
     results: dict[str, object] = {}
 
     # 1-2: raw store writes of the same records
-    raw = list(records_for(files, base).values())
+    raw = records_for(files, base)
+    results["records"] = raw.num_rows
+    results["raw_elasticsearch_bulk_records_per_s"] = round(raw_bulk_rate(es, raw))
     t0 = time.monotonic()
     CassandraWriter(sess).write(raw)
-    t_cass = time.monotonic() - t0
-    t0 = time.monotonic()
-    EsWriter(es).write(raw)
-    t_es = time.monotonic() - t0
-    results["records"] = len(raw)
-    results["raw_cassandra_records_per_s"] = round(len(raw) / t_cass)
-    results["raw_elasticsearch_records_per_s"] = round(len(raw) / t_es)
-    results["raw_both_sequential_records_per_s"] = round(len(raw) / (t_cass + t_es))
+    results["raw_cassandra_writer_records_per_s"] = round(raw.num_rows / (time.monotonic() - t0))
     print(json.dumps(results), flush=True)
 
     # 3: private streaming job
@@ -105,6 +147,10 @@ def main() -> None:
         bundle=build_bundle(state / "bundle.zip"),
         jars=kafka_connector_jars(home),
     )
+    topics = [env["COVIDFLOW_STREAM_RAW_TOPIC"], env["COVIDFLOW_STREAM_DEADLETTER_TOPIC"]]
+    admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP})
+    for future in admin.create_topics([NewTopic(t, num_partitions=6, replication_factor=1) for t in topics]).values():
+        future.result(30)  # the job never creates topics
     log = (state / "job.log").open("w")
     job = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     beat_path = state / "heartbeat.json"
@@ -123,7 +169,7 @@ def main() -> None:
             raise SystemExit(f"bench job did not start; see {state / 'job.log'}")
         producer = Producer({"bootstrap.servers": settings.KAFKA_BOOTSTRAP, "enable.idempotence": True})
         stream_vintage = base + timedelta(seconds=1)
-        want = len(records_for(files, stream_vintage))
+        want = records_for(files, stream_vintage).num_rows
         t0 = time.monotonic()
         for sid, path in files:
             publish_file(
@@ -138,6 +184,10 @@ def main() -> None:
         results["publish_seconds"] = round(t_pub, 1)
         results["stream_records_per_s"] = round(want / t_stream)
         results["stream_seconds"] = round(t_stream, 1)
+        results["stream_vs_raw_elasticsearch_bulk"] = round(
+            want / t_stream / results["raw_elasticsearch_bulk_records_per_s"], 2
+        )
+        results["last_batch"] = beat().get("last_batch")
         print(json.dumps(results), flush=True)
 
         # 4: latency, publish -> visible in both stores
@@ -145,24 +195,21 @@ def main() -> None:
         latencies = []
         for i in range(args.latency_runs):
             v = base + timedelta(seconds=10 + i)
-            recs = sorted(records_for([(who.id, who.sample_path)], v).values(), key=lambda r: r["source_row"])
+            recs = records_for([(who.id, who.sample_path)], v)
             t0 = time.monotonic()
             publish_file(producer, who, who.sample_path, vintage=v, topic=env["COVIDFLOW_STREAM_RAW_TOPIC"])
             while not visible(sess, es, recs):
                 time.sleep(0.1)
             latencies.append(time.monotonic() - t0)
         latencies.sort()
-        results["latency_records_per_publish"] = len(recs)
+        results["latency_records_per_publish"] = recs.num_rows
         results["latency_median_s"] = round(statistics.median(latencies), 2)
         results["latency_p95_s"] = round(latencies[max(0, round(0.95 * len(latencies)) - 1)], 2)
         results["latency_max_s"] = round(latencies[-1], 2)
     finally:
         job.terminate()
         job.wait(60)
-        from confluent_kafka.admin import AdminClient
-
-        topics = [env["COVIDFLOW_STREAM_RAW_TOPIC"], env["COVIDFLOW_STREAM_DEADLETTER_TOPIC"]]
-        AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP}).delete_topics(topics)
+        admin.delete_topics(topics)
     print(json.dumps(results, indent=1))
 
 

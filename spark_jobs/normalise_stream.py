@@ -37,15 +37,20 @@ def _use_bundle() -> str | None:
     return str(root) if root.exists() else None
 
 
-def _partition(rows: Any, cfg: dict[str, Any]) -> Any:
-    """Runs on the executors (pickled by value: covidflow is imported only after the bundle is on sys.path)."""
+def _partition(batches: Any, cfg: dict[str, Any], specs: dict[str, str]) -> Any:
+    """Runs on the executors (pickled by value: covidflow is imported only after the bundle is on sys.path).
+
+    ``mapInArrow``: Kafka rows arrive as Arrow batches, not as pickled Row objects; one stats row goes back.
+    """
     _use_bundle()
+    import pyarrow as pa
+
     import covidflow
     from covidflow.normalise.stream_runtime import StreamConfig, process_partition
 
-    for stats in process_partition(rows, StreamConfig(**cfg)):
+    for stats in process_partition(batches, StreamConfig(**cfg), specs):
         stats["code"] = covidflow.__file__
-        yield stats
+        yield pa.RecordBatch.from_pydict({"stats": [json.dumps(stats)]})
 
 
 def _other_instances(master_ui: str | None, app_name: str, own_id: str) -> list[str]:
@@ -60,20 +65,19 @@ def _other_instances(master_ui: str | None, app_name: str, own_id: str) -> list[
     return [a["id"] for a in status.get("activeapps", []) if a.get("name") == app_name and a.get("id") != own_id]
 
 
-def _ensure_topics(bootstrap: str, topics: list[str], partitions: int = 2) -> None:
-    """Create missing topics (idempotent); existing ones are left exactly as their owner made them."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+def _require_topics(bootstrap: str, topics: list[str]) -> None:
+    """The stream never creates topics (their partitions and configs are the topics DAG's, from topics.yaml):
+    a missing one stops the job at once, named, with what to run."""
+    from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    existing = set(admin.list_topics(timeout=30).topics)
-    missing = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing]
-    for topic, future in admin.create_topics(missing).items() if missing else ():
-        try:
-            future.result(30)
-        except Exception as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
-        log.info("created topic %s", topic)
+    existing = set(AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30).topics)
+    missing = [t for t in topics if t not in existing]
+    if missing:
+        raise SystemExit(
+            f"Kafka topic(s) {', '.join(missing)} do not exist on {bootstrap}: the stream never creates topics. "
+            "Run the covidflow_kafka_topics DAG (include/config/topics.yaml) first; covidflow_stream does it "
+            "before its first start."
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         merge_stats,
         now_iso,
         progress_metrics,
+        spec_texts,
     )
     from covidflow.store.cassandra_writer import ensure_schema, session
 
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("another covidflow-normalise driver holds %s; exiting", state / "driver.lock")
         return 3
 
-    _ensure_topics(cfg.bootstrap, [cfg.raw_topic, cfg.deadletter_topic])
+    _require_topics(cfg.bootstrap, [cfg.raw_topic, cfg.deadletter_topic])
     n = ensure_schema(session(cfg.cassandra_host, cfg.cassandra_port),
                       {"class": "SimpleStrategy", "replication_factor": cfg.replication_factor})  # fmt: skip
     alias = ensure_index(client(cfg.elasticsearch_url))
@@ -136,11 +141,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def process_batch(df: Any, batch_id: int) -> None:
         started = time.monotonic()
-        parts = (
-            df.select("value", "partition", "offset")
-            .rdd.mapPartitions(lambda rows: _partition(rows, cfg_dict))
+        specs = spec_texts()  # read per batch: a new or changed spec is live from this batch on
+        parts = [
+            json.loads(row["stats"])
+            for row in df.select("value", "partition", "offset")
+            .mapInArrow(lambda batches: _partition(batches, cfg_dict, specs), "stats string")
             .collect()
-        )
+        ]
         stats = merge_stats(parts)
         stats["seconds"] = round(time.monotonic() - started, 3)
         stats["code"] = sorted({p.get("code") for p in parts if p.get("code")})
@@ -151,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         beat.updated_at, beat.totals = now_iso(), dict(totals)
         beat.write(cfg.heartbeat)
         log.info(
-            "batch %d: input %d, records %d, cassandra %s (%.1fs), elasticsearch %d (%.1fs), rejects %d, skips %d, "
-            "%.2fs",
-            batch_id, stats["input_rows"], stats["records"], stats["cassandra"], stats["cassandra_seconds"],
+            "batch %d: input %d, records %d, normalise %.1fs, cassandra %s (%.1fs), elasticsearch %d (%.1fs), "
+            "rejects %d, skips %d, %.2fs",
+            batch_id, stats["input_rows"], stats["records"], stats["normalise_seconds"], stats["cassandra"],
+            stats["cassandra_seconds"],
             stats["elasticsearch"], stats["elasticsearch_seconds"], stats["dead_letters"], stats["skips"],
             stats["seconds"],
         )  # fmt: skip

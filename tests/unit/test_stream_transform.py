@@ -31,6 +31,11 @@ def cache() -> NormaliserCache:
     return NormaliserCache()
 
 
+def records_of(out) -> dict[str, dict]:
+    """record_id -> record, from the batch's Arrow table of canonical records."""
+    return {r["record_id"]: r for r in out.records.to_pylist()}
+
+
 def test_parse_instant_naive_is_utc_and_date_is_midnight() -> None:
     assert parse_instant("2026-01-15") == datetime(2026, 1, 15, tzinfo=UTC)
     assert parse_instant("2026-01-15T10:00:00+02:00") == datetime(2026, 1, 15, 8, tzinfo=UTC)
@@ -50,7 +55,7 @@ def test_provenance_uses_vintage_as_landing_and_published_at_as_ingestion() -> N
 def test_one_spf_row_gives_four_records_with_exact_values(cache: NormaliserCache) -> None:
     out = process_messages([env(ROW_75)], cache, now=NOW)
     assert out.input_rows == 1 and out.dead_letters == [] and out.duplicates == 0
-    by_metric = {r["metric"]: r for r in out.records.values()}
+    by_metric = {r["metric"]: r for r in records_of(out).values()}
     assert {m: r["value"] for m, r in by_metric.items()} == {
         "hospital_occupancy": 2633.0,
         "icu_occupancy": 789.0,
@@ -67,19 +72,19 @@ def test_one_spf_row_gives_four_records_with_exact_values(cache: NormaliserCache
 
 def test_replay_in_one_batch_keeps_one_record_per_id(cache: NormaliserCache) -> None:
     out = process_messages([env(ROW_75), env(ROW_75)], cache, now=NOW)
-    assert len(out.records) == 4 and out.duplicates == 4
+    assert out.records.num_rows == 4 and out.duplicates == 4
 
 
 def test_same_input_same_ids_across_batches(cache: NormaliserCache) -> None:
     a = process_messages([env(ROW_75)], cache, now=NOW)
     b = process_messages([env(ROW_75)], cache, now=datetime(2027, 1, 1, tzinfo=UTC))
-    assert sorted(a.records) == sorted(b.records)
+    assert sorted(records_of(a)) == sorted(records_of(b))
 
 
 def test_new_vintage_gives_new_ids(cache: NormaliserCache) -> None:
     a = process_messages([env(ROW_75)], cache, now=NOW)
     b = process_messages([env(ROW_75, vintage="2026-01-16T08:00:00+00:00")], cache, now=NOW)
-    assert set(a.records).isdisjoint(b.records)
+    assert set(records_of(a)).isdisjoint(records_of(b))
 
 
 def test_rejects_become_dead_letters_with_reason_and_provenance(cache: NormaliserCache) -> None:
@@ -95,7 +100,7 @@ def test_rejects_become_dead_letters_with_reason_and_provenance(cache: Normalise
     assert (letter.stage, letter.source_id, letter.object, letter.line) == ("normalise", SPF, REF, 2)
     assert letter.at == NOW.isoformat()
     assert json.loads(letter.excerpt)["dep"] == "999"
-    assert len(out.records) == 3  # rea, rad, dc of the negative row are valid
+    assert out.records.num_rows == 3  # rea, rad, dc of the negative row are valid
 
 
 def test_undecodable_and_unknown_source_are_dead_letters(cache: NormaliserCache) -> None:
@@ -106,7 +111,7 @@ def test_undecodable_and_unknown_source_are_dead_letters(cache: NormaliserCache)
         "no valid spec for source 'no_such_source'",
     ]
     assert out.dead_letters[0].excerpt == "{not json"
-    assert out.input_rows == 3 and out.records == {}
+    assert out.input_rows == 3 and out.records.num_rows == 0
 
 
 def test_unsupported_envelope_version_is_a_dead_letter(cache: NormaliserCache) -> None:
@@ -117,7 +122,7 @@ def test_unsupported_envelope_version_is_a_dead_letter(cache: NormaliserCache) -
 
 
 def test_validate_record_flags_nulls_types_and_tampered_id(cache: NormaliserCache) -> None:
-    record = next(iter(process_messages([env(ROW_75)], cache, now=NOW).records.values()))
+    record = next(iter(records_of(process_messages([env(ROW_75)], cache, now=NOW)).values()))
     assert validate_record(record) == []
     assert validate_record({**record, "value": None}) == ["null value"]
     assert validate_record({**record, "value": "12"}) == ["value is str, expected double"]
@@ -130,7 +135,7 @@ def test_validate_record_flags_nulls_types_and_tampered_id(cache: NormaliserCach
 
 
 def test_store_shapes(cache: NormaliserCache) -> None:
-    record = next(r for r in process_messages([env(ROW_75)], cache, now=NOW).records.values())
+    record = next(r for r in records_of(process_messages([env(ROW_75)], cache, now=NOW)).values())
     cols = ["record_id", "location_point", "date", "value"]
     assert cassandra_values(record, cols) == (record["record_id"], None, date(2020, 4, 1), record["value"])
     assert cassandra_values({**record, "location_point": {"lat": 1.5, "lon": 2.5}}, cols)[1] == (1.5, 2.5)
@@ -154,7 +159,7 @@ def test_dead_letter_key_is_deterministic(cache: NormaliserCache) -> None:
 def test_merge_stats_sums_partitions() -> None:
     parts = [
         {"input_rows": 3, "records": 8, "dead_letters": 1, "skips": 0, "elasticsearch": 8, "cassandra_seconds": 1.25,
-         "cassandra": {"observations_latest": 8}, "max_offsets": {0: 10}},
+         "normalise_seconds": 0.5, "cassandra": {"observations_latest": 8}, "max_offsets": {0: 10}},
         {"input_rows": 2, "records": 4, "dead_letters": 0, "skips": 2, "elasticsearch": 4,
          "cassandra": {"observations_latest": 4}, "max_offsets": {1: 7}},
         {"input_rows": 0, "max_offsets": {}},
@@ -162,7 +167,7 @@ def test_merge_stats_sums_partitions() -> None:
     total = merge_stats(parts)
     assert total == {"input_rows": 5, "records": 12, "dead_letters": 1, "skips": 2, "duplicates": 0,
                      "cassandra": {"observations_latest": 12}, "elasticsearch": 12,
-                     "max_offsets": {"0": 10, "1": 7}, "cassandra_seconds": 1.25,
+                     "max_offsets": {"0": 10, "1": 7}, "cassandra_seconds": 1.25, "normalise_seconds": 0.5,
                      "elasticsearch_seconds": 0.0}  # fmt: skip
 
 
@@ -172,3 +177,27 @@ def test_nulls_are_unset_not_tombstones() -> None:
     from covidflow.store.cassandra_writer import _unset_nulls
 
     assert _unset_nulls(("a", None, 1.0)) == ("a", UNSET_VALUE, 1.0)
+
+
+def test_specs_from_the_driver_go_live_without_a_restart() -> None:
+    """A spec the executors have never seen (added after the job started) is used from the next batch on; a changed
+    spec is compiled again; a source with no spec in the driver's folder is a dead letter naming it."""
+    from covidflow.catalog.specs import SOURCES_DIR
+
+    text = (SOURCES_DIR / f"{SPF}.yaml").read_text(encoding="utf-8")
+    renamed = text.replace(f"id: {SPF}", "id: spf_hosp_copy")
+    live = NormaliserCache({SPF: text})
+    out = process_messages([env(ROW_75, source="spf_hosp_copy")], live, now=NOW)
+    assert [d.reason for d in out.dead_letters] == [
+        "no valid spec for source 'spf_hosp_copy': no spec for source 'spf_hosp_copy' in the driver's spec folder"
+    ]
+    live.use({SPF: text, "spf_hosp_copy": renamed})  # the driver read the folder again before the next batch
+    out = process_messages([env(ROW_75, source="spf_hosp_copy")], live, now=NOW)
+    assert out.dead_letters == [] and out.records.num_rows == 4
+    assert set(out.records.column("source_id").to_pylist()) == {"spf_hosp_copy"}
+    first = live("spf_hosp_copy")
+    live.use({SPF: text, "spf_hosp_copy": renamed.replace('"0": all', '"0": everyone')})
+    changed = live("spf_hosp_copy")
+    assert changed is not first and live("spf_hosp_copy") is changed
+    out = process_messages([env(ROW_75, source="spf_hosp_copy")], live, now=NOW)
+    assert set(out.records.column("sex").to_pylist()) == {"everyone"}
