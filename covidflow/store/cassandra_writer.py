@@ -199,15 +199,6 @@ class _Columns:
         us = {v: (v - _EPOCH) // _ONE_US for v in set(vintages)}  # few distinct vintages per batch
         return cls(names, columns, [us[v] for v in vintages])
 
-    @classmethod
-    def from_arrow(cls, table: Any, names: list[str]) -> _Columns:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        columns = [table.column(name).to_pylist() for name in names]
-        vintage_us = pc.cast(table.column("vintage"), pa.int64()).to_pylist()
-        return cls(names, columns, vintage_us)
-
     def bind_values(self, name: str) -> list[Any]:
         """What the driver binds for column ``name``: a point as (lat, lon) for the UDT, nulls unset."""
         from cassandra.query import UNSET_VALUE
@@ -220,6 +211,47 @@ class _Columns:
         if None in values:
             return [UNSET_VALUE if v is None else v for v in values]
         return values
+
+    def encoded(self, name: str, cql_type: Any, protocol_version: int) -> tuple[list[Any], list[int]]:
+        return encode_column(self.bind_values(name), cql_type, protocol_version)
+
+    def distinct(self, columns: list[str]) -> list[tuple[Any, ...]]:
+        return list(dict.fromkeys(zip(*(self.by_name[c] for c in columns), strict=True)))
+
+
+class _ArrowColumns(_Columns):
+    """One slice of a canonical Arrow table. Columns are dictionary-encoded by Arrow and only their distinct values
+    become Python objects; the point (a struct) goes through the list path."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def bind_values(self, name: str) -> list[Any]:
+        from cassandra.query import UNSET_VALUE
+
+        assert name == "location_point", name
+        return [UNSET_VALUE if p is None else (p["lat"], p["lon"]) for p in self.table.column(name).to_pylist()]
+
+    def encoded(self, name: str, cql_type: Any, protocol_version: int) -> tuple[list[Any], list[int]]:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        from cassandra.query import UNSET_VALUE
+
+        if name == "location_point":
+            return super().encoded(name, cql_type, protocol_version)
+        column = self.table.column("vintage" if name == TIMESTAMP_MARKER else name).combine_chunks()
+        if name == TIMESTAMP_MARKER:
+            column = pc.cast(column, pa.int64())  # timestamp[us, UTC] -> µs since the epoch, exactly
+        dictionary = column.dictionary_encode()
+        codes, lengths = encode_column(dictionary.dictionary.to_pylist(), cql_type, protocol_version)
+        codes.append(UNSET_VALUE)  # a null (nullable columns only; checked by canonical_table) is left unset
+        lengths.append(0)
+        indices = pc.fill_null(dictionary.indices, len(codes) - 1).to_pylist()
+        return list(map(codes.__getitem__, indices)), list(map(lengths.__getitem__, indices))
+
+    def distinct(self, columns: list[str]) -> list[tuple[Any, ...]]:
+        unique = self.table.select(columns).group_by(columns, use_threads=False).aggregate([])
+        return list(zip(*(unique.column(c).to_pylist() for c in columns), strict=True))
 
 
 def encode_column(values: list[Any], cql_type: Any, protocol_version: int) -> tuple[list[Any], list[int]]:
@@ -300,7 +332,9 @@ class CassandraWriter:
         if table is not None:
             table = _last_per_id(table)
             total = table.num_rows
-            slices = (_Columns.from_arrow(table.slice(i, SLICE_ROWS), names) for i in range(0, total, SLICE_ROWS))
+            slices: Iterable[_Columns] = (
+                _ArrowColumns(table.slice(i, SLICE_ROWS)) for i in range(0, total, SLICE_ROWS)
+            )
         else:
             batch = list({r["record_id"]: r for r in records}.values())
             total = len(batch)
@@ -312,8 +346,7 @@ class CassandraWriter:
             encoded: dict[str, tuple[list[Any], list[int]]] = {}  # shared by the tables that bind the same column
             rows = {name: self.encode(name, cols, encoded) for name, t in self.tables.items() if t["per_record"]}
             for name in projected:
-                values = (cols.by_name[c] for c in self.tables[name]["columns"])
-                distinct[name].update(dict.fromkeys(zip(*values, strict=True)))
+                distinct[name].update(dict.fromkeys(cols.distinct(self.tables[name]["columns"])))
             self._write_rows(rows)
             for name, (table_rows, _) in rows.items():
                 counts[name] += len(table_rows)
@@ -334,7 +367,7 @@ class CassandraWriter:
         table = self.tables[name]
         for column in table["bound"]:
             if column not in encoded:
-                encoded[column] = encode_column(cols.bind_values(column), table["types"][column], self.protocol)
+                encoded[column] = cols.encoded(column, table["types"][column], self.protocol)
         rows = list(zip(*(encoded[c][0] for c in table["bound"]), strict=True))
         sizes = list(map(sum, zip(*(encoded[c][1] for c in table["bound"]), strict=True)))
         return rows, sizes

@@ -16,6 +16,7 @@ from covidflow.catalog.specs import find_spec
 from covidflow.normalise.preview import run_file
 from covidflow.store.cassandra_writer import (
     CassandraWriter,
+    _ArrowColumns,
     _Columns,
     cassandra_values,
     ensure_schema,
@@ -189,9 +190,7 @@ def test_bind_values_are_the_bytes_the_driver_binds(keyspace: tuple[Any, str], r
 
     sess, ks = keyspace
     writer = CassandraWriter(sess, keyspace=ks, retry_for=30)
-    cols = (
-        _Columns.from_arrow(to_arrow(records), FIELDS) if shape == "arrow" else _Columns.from_records(records, FIELDS)
-    )
+    cols = _ArrowColumns(to_arrow(records)) if shape == "arrow" else _Columns.from_records(records, FIELDS)
     encoded: dict[str, Any] = {}
     for table in ("observations_latest", "observations_by_vintage"):
         stmt, columns = writer.inserts[table]
