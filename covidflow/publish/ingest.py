@@ -8,13 +8,15 @@ the manifest once every record is acknowledged.
 from __future__ import annotations
 
 import logging
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from covidflow import settings
 from covidflow.land.manifest import S3Manifest
-from covidflow.land.objects import LandedObject, from_listing, select_new, unsafe_keys
+from covidflow.land.objects import LandedObject, from_listing, object_vintage, select_new, unsafe_keys
 from covidflow.publish.config import ingest_config
-from covidflow.publish.envelope import DEADLETTER_TOPIC, RAW_TOPIC
+from covidflow.publish.envelope import DEADLETTER_TOPIC, RAW_TOPIC, ObjectRef
 from covidflow.publish.kafka import (
     PublishSummary,
     open_stream,
@@ -114,43 +116,67 @@ def kafka_producer(txn_id: str | None) -> Any:
 
 
 def publish_object(source_id: str, obj_dict: dict[str, Any]) -> dict[str, Any]:
-    """Publish one landed object, then mark it in the manifest; returns the run summary (XCom)."""
+    """Publish one landed object, then mark it in the manifest; returns the run summary (XCom).
+
+    Deterministic failures raise AirflowFailException (no retry: the same bytes give the same answer) after one
+    dead letter: an object that cannot be read to its end (empty, truncated, a bomb, unknown format) publishes
+    nothing and is marked ``refused`` in the manifest so later runs skip it (a re-run publishes it again); a
+    blocking schema drift is refused and marked the same way, then SchemaDrift is raised for the task to report.
+    Transient failures (Kafka unreachable, S3 errors, also mid-read) raise DeliveryFailed or the S3 error and
+    keep their retries.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
     from confluent_kafka import KafkaException
 
     from covidflow.ops.config import quality_config
-    from covidflow.publish.kafka import DeliveryFailed
-    from covidflow.read import read_records
-    from covidflow.store.quality import guard_drift
+    from covidflow.publish.kafka import DeliveryFailed, ObjectRefused, ReadInterrupted, refuse, refused_message
+    from covidflow.read import ReaderError
+    from covidflow.read.batch import read_batches
+    from covidflow.store.quality import SchemaDrift, guard_drift
 
     config = ingest_config()
     txn = config["transactions"]
     spec = _spec(source_id)
     obj = LandedObject.from_dict(obj_dict)
     client = s3_client()
+    manifest = S3Manifest(client, obj.bucket, config["manifest"]["prefix"])
+    txn_id = transactional_id(source_id, obj.key) if txn["enabled"] else None
+    producer = kafka_producer(txn_id)
+    if txn_id:
+        try:
+            producer.init_transactions(txn["init_timeout_seconds"])
+        except KafkaException as exc:
+            raise DeliveryFailed(
+                f"Kafka unreachable for {obj.uri} (etag {obj.etag}): cannot start a transaction within "
+                f"{txn['init_timeout_seconds']} s ({exc.args[0]}). Nothing published; a retry republishes it."
+            ) from None
+    ref = ObjectRef(obj.bucket, obj.key, obj.etag, obj.version_id, obj.size)
+    options = {"transactional": bool(txn_id), "commit_timeout": txn["commit_timeout_seconds"]}
+
+    def refused(exc: Exception) -> PublishSummary:
+        """One dead letter, then the refused marker: later runs skip the object (ADR 0006)."""
+        summary = PublishSummary(source_id, obj.uri, obj.etag, object_vintage(spec.data, obj), obj.size)
+        refuse(producer, summary, exc, source_id=source_id, ref=ref, at=datetime.now(UTC).isoformat(), **options)
+        summary.duration_s = round(time.monotonic() - started, 3)
+        manifest.mark(source_id, obj, summary.to_dict())
+        log.info("%s", summary.line())
+        return summary
+
+    started = time.monotonic()
     stream = open_stream(client, obj)
     try:
         # A renamed or missing column fails here, before a single record is published (SchemaDrift).
-        records, drift = guard_drift(
+        chunks, drift = guard_drift(
             source_id,
             spec.data,
-            read_records(stream, spec["format"], spec.get("reader") or {}, name=obj.key),
+            read_batches(stream, spec["format"], spec.get("reader") or {}, name=obj.key),
             quality_config(),
             name=obj.key,
         )
         for finding in drift:
             log.warning("%s: %s", obj.uri, finding)
-        txn_id = transactional_id(source_id, obj.key) if txn["enabled"] else None
-        producer = kafka_producer(txn_id)
-        if txn_id:
-            try:
-                producer.init_transactions(txn["init_timeout_seconds"])
-            except KafkaException as exc:
-                raise DeliveryFailed(
-                    f"Kafka unreachable for {obj.uri} (etag {obj.etag}): cannot start a transaction within "
-                    f"{txn['init_timeout_seconds']} s ({exc.args[0]}). Nothing published; a retry republishes it."
-                ) from None
         summary: PublishSummary = publish_records(
-            records,
+            chunks,
             source_id=source_id,
             spec=spec.data,
             obj=obj,
@@ -158,15 +184,29 @@ def publish_object(source_id: str, obj_dict: dict[str, Any]) -> dict[str, Any]:
             producer=producer,
             raw_topic=RAW_TOPIC,
             deadletter_topic=DEADLETTER_TOPIC,
-            transactional=bool(txn_id),
-            commit_timeout=txn["commit_timeout_seconds"],
+            source_failed=lambda: stream.failed,
+            **options,
         )
+    except ReaderError as exc:  # before the first record: empty file, unreadable head, unknown format
+        if stream.failed is not None:
+            raise ReadInterrupted(obj, stream.failed, exc) from stream.failed
+        raise AirflowFailException(f"{refused_message(refused(exc))} {MARKED_REFUSED}") from None
+    except SchemaDrift as exc:  # the task reports the findings, then fails without retry
+        refused(exc)
+        raise
+    except ObjectRefused as exc:  # read in part, then a reader error: the transaction was aborted
+        manifest.mark(source_id, obj, exc.summary.to_dict())
+        log.info("%s", exc.summary.line())
+        raise AirflowFailException(f"{exc} {MARKED_REFUSED}") from None
     finally:
         stream.close()
     result = summary.to_dict()
-    S3Manifest(client, obj.bucket, config["manifest"]["prefix"]).mark(source_id, obj, result)
+    manifest.mark(source_id, obj, result)
     log.info("%s", summary.line())
     return result
+
+
+MARKED_REFUSED = "The object is marked refused in the manifest: later runs skip it (a re-run publishes it again)."
 
 
 def reject_ratio_exceeded(summary: dict[str, Any], max_ratio: float) -> str | None:

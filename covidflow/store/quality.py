@@ -127,13 +127,34 @@ def schema_drift(
 
 
 def peek_columns(records: Iterable[Any], limit: int) -> tuple[set[str], Iterator[Any]]:
-    """The union of field names over the first ``limit`` raw records, and an iterator that still yields them all."""
+    """The union of field names over the first ``limit`` raw records, and an iterator that still yields them all.
+
+    ``records`` may also be raw batches (``read_batches``): a batch counts its rows and names its columns, so the
+    peek stays bounded by records, not chunks.
+    """
     it = iter(records)
-    head = list(itertools.islice(it, limit))
+    head: list[Any] = []
     cols: set[str] = set()
-    for rec in head:
-        cols |= set(getattr(rec, "fields", None) or {})
+    seen = 0
+    while seen < limit:
+        item = next(it, _END)
+        if item is _END:
+            break
+        head.append(item)
+        if isinstance(item, list):  # raw records that do not fit Arrow columns
+            seen += len(item)
+            for rec in item:
+                cols |= set(rec.fields)
+        elif hasattr(item, "schema") and hasattr(item, "num_rows"):  # a raw batch
+            seen += item.num_rows
+            cols |= set(item.schema.names) - {"__row", "__line"}  # covidflow.read.batch.ROW, LINE
+        else:
+            seen += 1
+            cols |= set(getattr(item, "fields", None) or {})
     return cols, itertools.chain(head, it)
+
+
+_END = object()
 
 
 def guard_drift(

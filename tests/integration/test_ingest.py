@@ -11,6 +11,7 @@ Needs: ``covidflow stack up s3 kafka``.
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import os
@@ -109,15 +110,18 @@ def end_offsets(topic: str) -> dict[int, int]:
         consumer.close()
 
 
-def consume_since(topic: str, start: dict[int, int], bucket: str) -> list[dict[str, Any]]:
-    """Committed messages of ``bucket``'s objects written after ``start`` (read_committed, up to the end)."""
+def consume_since(
+    topic: str, start: dict[int, int], bucket: str, isolation: str = "read_committed"
+) -> list[dict[str, Any]]:
+    """Committed messages of ``bucket``'s objects written after ``start`` (read_committed, up to the end);
+    ``isolation="read_uncommitted"`` also returns the records of aborted transactions."""
     end = end_offsets(topic)
     consumer = Consumer(
         {
             "bootstrap.servers": settings.KAFKA_BOOTSTRAP,
             "group.id": f"it-ingest-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
-            "isolation.level": "read_committed",
+            "isolation.level": isolation,
         }
     )
     todo = {p: (start.get(p, 0), hi) for p, hi in end.items() if hi > start.get(p, 0)}
@@ -154,6 +158,21 @@ def csv_rows(data: bytes, delimiter: str = ";") -> list[list[str]]:
 
 def etag(s3: Any, bucket: str, key: str) -> str:
     return s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+
+
+def retrying_env(airflow_env: dict[str, str], tmp_path: Path, sensor_timeout: int = 60) -> dict[str, str]:
+    """The ingest config with quick retries: a deterministic failure that is retried shows RETRY lines fast."""
+    config = yaml.safe_load((CONFIG_DIR / "ingest.yaml").read_text())
+    config["dag"].update(retries=2, retry_delay_seconds=1, max_retry_delay_seconds=2)
+    config["sensor"].update(poke_interval_seconds=1, timeout_seconds=sensor_timeout)
+    (tmp_path / "ingest.yaml").write_text(yaml.safe_dump(config))
+    return {**airflow_env, "COVIDFLOW_INGEST_CONFIG": str(tmp_path / "ingest.yaml")}
+
+
+def marker(s3: Any, bucket: str, key: str, object_etag: str) -> dict[str, Any]:
+    quoted = key.replace("/", "%2F")
+    body = s3.get_object(Bucket=bucket, Key=f"_manifest/{SOURCE}/{quoted}/{object_etag}.json")["Body"].read()
+    return json.loads(body)["summary"]
 
 
 # -- tests ------------------------------------------------------------------------------------------------------
@@ -335,3 +354,63 @@ def test_kafka_killed_inside_a_transaction_commits_nothing_and_the_retry_publish
     assert sorted(m["value"]["record_index"] for m in messages) == list(range(1, len(rows) + 1))  # once each
     written = sum(hi - start.get(p, 0) for p, hi in end_offsets(RAW_TOPIC).items())
     assert written > len(rows) + len(rows) // 4, "the first attempt's records should be in the log, aborted"
+
+
+def test_an_object_cut_midway_publishes_nothing_one_dead_letter_and_fails_once(
+    s3, kafka_topics, airflow_env, bucket, tmp_path: Path
+) -> None:
+    """Issue 14 item 5: a gzip landed as .csv and cut short is read for a while (records are produced), then the
+    reader fails. Before: the records read so far were committed with a dead letter. Now: the transaction is
+    aborted (its records are only in the log, invisible to read_committed), one dead letter says why, the object
+    is marked refused, and the task fails once, without retries."""
+    rows = 150_000
+    text = "dep;jour;n_dose1;n_cum_dose1\n" + "".join(f"{i % 95 + 1:02d};2021-01-01;{i};{i * 3}\n" for i in range(rows))
+    packed = gzip.compress(text.encode(), compresslevel=1)
+    s3.put_object(Bucket=bucket, Key=KEY, Body=packed[: len(packed) * 2 // 3])
+    cut_etag = etag(s3, bucket, KEY)
+    start, dl_start = end_offsets(RAW_TOPIC), end_offsets(DEADLETTER_TOPIC)
+
+    result, output = run_dag(retrying_env(airflow_env, tmp_path), bucket)
+
+    assert result["state"] == "failed", output[-5000:]
+    assert consume_since(RAW_TOPIC, start, bucket) == [], "no record of a half-read object may be committed"
+    aborted = consume_since(RAW_TOPIC, start, bucket, isolation="read_uncommitted")
+    assert len(aborted) > 10_000, "records were produced before the error (then aborted): the test must cut late"
+    letters = consume_since(DEADLETTER_TOPIC, dl_start, bucket)
+    assert len(letters) == 1, [letter["value"]["reason"] for letter in letters]
+    letter = letters[0]["value"]
+    assert (letter["stage"], letter["object"]["etag"]) == ("publish", cut_etag)
+    assert letter["reason"].startswith(f"{KEY} line ") and "truncated or corrupt gzip data" in letter["reason"]
+    assert "nothing of the object was published" in letter["reason"]
+    assert "RETRY dag=ingest_spf_vacsi" not in output
+    assert "FAILED dag=ingest_spf_vacsi" in output and "task=publish[0] try=1 error=AirflowFailException" in output
+    assert f"s3://{bucket}/{KEY} (etag {cut_etag}) cannot be read to its end: {KEY} line " in output
+    refused = marker(s3, bucket, KEY, cut_etag)
+    assert (refused["status"], refused["records_out"], refused["dead_letters"]) == ("refused", 0, 1)
+    assert "truncated or corrupt gzip data" in refused["reader_error"]
+
+    # The next run does not try it again: the refused marker is in the manifest.
+    dl_start = end_offsets(DEADLETTER_TOPIC)
+    result, output = run_dag(retrying_env(airflow_env, tmp_path, sensor_timeout=5), bucket)
+    assert result["state"] == "success", output[-5000:]
+    assert "cannot be read to its end" not in output
+    assert consume_since(DEADLETTER_TOPIC, dl_start, bucket) == []
+
+
+def test_an_empty_object_fails_once_with_one_dead_letter(s3, kafka_topics, airflow_env, bucket, tmp_path) -> None:
+    """Issue 14 item 6: the same bytes give the same answer, so an empty file fails once (no retries, which
+    it had: three, with backoff), with a clear message and one dead letter, and is marked refused."""
+    s3.put_object(Bucket=bucket, Key=KEY, Body=b"")
+    empty_etag = etag(s3, bucket, KEY)
+    start, dl_start = end_offsets(RAW_TOPIC), end_offsets(DEADLETTER_TOPIC)
+
+    result, output = run_dag(retrying_env(airflow_env, tmp_path), bucket)
+
+    assert result["state"] == "failed", output[-5000:]
+    assert "RETRY dag=ingest_spf_vacsi" not in output, "a deterministic failure must not be retried"
+    assert "task=publish[0] try=1 error=AirflowFailException" in output
+    assert f"s3://{bucket}/{KEY} (etag {empty_etag}) cannot be read to its end: {KEY}: empty file" in output
+    assert consume_since(RAW_TOPIC, start, bucket) == []
+    letters = consume_since(DEADLETTER_TOPIC, dl_start, bucket)
+    assert [m["value"]["reason"] for m in letters] == [f"{KEY}: empty file; nothing of the object was published"]
+    assert marker(s3, bucket, KEY, empty_etag)["status"] == "refused"

@@ -72,3 +72,54 @@ def test_dead_letter_headers_and_json() -> None:
 def test_message_key() -> None:
     assert message_key("spf_vacsi", "01", "2021-01-06") == b"spf_vacsi|01|2021-01-06"
     assert message_key("jhu", "France") == b"jhu|France|"
+
+
+ODD_TEXT = ["", "plain", 'q"uote', "back\\slash", "é ü 中", "tab\tnl\n", "\x00\x1f", "\u2028", None]
+
+
+@pytest.mark.parametrize("version_id", [None, "v42"])
+def test_the_encoder_writes_the_bytes_of_to_json(version_id: str | None) -> None:
+    """Per record and per raw batch, the encoder's bytes and headers are RawEnvelope's, for every value kind."""
+    from covidflow.publish.envelope import EnvelopeEncoder
+    from covidflow.read.base import RawRecord
+    from covidflow.read.batch import records_to_batch
+
+    ref = ObjectRef("landing", 'spf/"odd" é.csv', "abc", version_id, 48465)
+    encoder = EnvelopeEncoder("spf_vacsi", "0123456789ab", ref, "2024-05-01", "2024-05-02T00:00:00+00:00", "t0")
+    records = [
+        RawRecord(i + 1, {"txt": text, "i": i * 10**15 - 7, "f": [0.1, 1e16, 1e-7, 2.5][i % 4], "n": None}, i or None)
+        for i, text in enumerate(ODD_TEXT)
+    ]
+    batches = [records_to_batch(records), records_to_batch([RawRecord(1, {"a": "x"}, 2)])]
+    assert all(b is not None for b in batches)
+    assert batches[0].schema.field("txt").type == "string" and batches[0].schema.field("f").type == "double"
+    for batch in batches:
+        expected = [
+            RawEnvelope("spf_vacsi", "0123456789ab", ref, "2024-05-01", r.index, r.fields, r.line,
+                        "2024-05-02T00:00:00+00:00", landed_at="t0")
+            for r in batch_records(batch)
+        ]  # fmt: skip
+        assert encoder.encode_batch(batch) == [e.to_json() for e in expected]
+        assert [encoder.encode(e.record_index, e.fields, e.line) for e in expected] == [e.to_json() for e in expected]
+        assert [encoder.headers(e.record_index) for e in expected] == [e.headers() for e in expected]
+    assert RawEnvelope.from_json(encoder.encode_batch(batches[0])[4]).fields["txt"] == "é ü 中"
+    whole = encoder.encode_batch(batches[0])
+    assert encoder.encode_batch(batches[0].slice(2, 4)) == whole[2:6]  # slices (produced 16,384 rows at a time)
+
+
+def batch_records(batch):
+    from covidflow.read.batch import batch_to_records
+
+    return batch_to_records(batch)
+
+
+def test_json_column_falls_back_to_json_dumps_exactly() -> None:
+    import pyarrow as pa
+
+    from covidflow.publish.envelope import json_column
+
+    values = [1e15, 1e16, 0.1, float("nan"), float("inf"), -0.0, None]
+    assert json_column(pa.array(values, pa.float64())).to_pylist() == [json.dumps(v) for v in values[:-1]] + ["null"]
+    assert json_column(pa.array([True, None])).to_pylist() == ["true", "null"]
+    assert json_column(pa.nulls(2)).to_pylist() == ["null", "null"]
+    assert json_column(pa.array(['a"b\\c', "ok"])).to_pylist() == ['"a\\"b\\\\c"', '"ok"']

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import logging
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,14 +14,19 @@ import pytest
 from covidflow.land.objects import LandedObject
 from covidflow.ops.callbacks import failure_line
 from covidflow.publish.kafka import (
+    PY_WHITESPACE,
     DeliveryFailed,
     KeyBuilder,
+    ObjectRefused,
     PublishSummary,
+    ReadInterrupted,
     publish_records,
     reject_reason,
     transactional_id,
 )
 from covidflow.read import read_records
+from covidflow.read.base import RawRecord
+from covidflow.read.batch import read_batches, records_to_batch
 
 OBJ = LandedObject("landing", "spf/vacsi/v.csv", "etag1", 70, "2024-05-01T10:00:00+00:00")
 SPEC = {"location": {"column": "dep"}, "date": {"column": "jour"}, "vintage": {"from": "landed_at"}}
@@ -27,7 +34,8 @@ CSV = b"dep;jour;n\n01;2021-01-06;1\n02;2021-01-06;2;9\n03;2021-01-07;3\n"
 
 
 class FakeProducer:
-    """Queues messages; delivers them on flush, failing the ones whose index is in ``fail``."""
+    """Queues messages; delivers them on flush (failing the ones whose index is in ``fail``); commit makes the
+    transaction's messages visible, abort drops them, as for a read_committed consumer."""
 
     def __init__(self, fail: set[int] = frozenset()) -> None:
         self.pending: list[tuple] = []
@@ -44,21 +52,25 @@ class FakeProducer:
     def flush(self, timeout) -> int:
         for _topic, _value, _key, _headers, callback, index in self.pending:
             callback("broker down" if index in self.fail else None, None)
+        self.delivered = list(self.pending)
         return 0
 
     def begin_transaction(self) -> None:
         self.calls.append("begin")
+        self.pending = []
 
     def commit_transaction(self, timeout) -> None:
         self.calls.append("commit")
-        self.committed = [(t, v, k, h) for t, v, k, h, _, _ in self.pending]
+        self.committed += [(t, v, k, h) for t, v, k, h, _, _ in self.pending]
+        self.pending = []
 
     def abort_transaction(self, timeout) -> None:
         self.calls.append("abort")
+        self.pending = []
 
 
-def publish(producer: FakeProducer, data: bytes = CSV) -> PublishSummary:
-    records = read_records(io.BytesIO(data), "csv", {"delimiter": ";"}, name=OBJ.key)
+def publish(producer: FakeProducer, data: bytes = CSV, items: Any = None, **kw: Any) -> PublishSummary:
+    records = read_records(io.BytesIO(data), "csv", {"delimiter": ";"}, name=OBJ.key) if items is None else items
     return publish_records(
         records,
         source_id="spf_vacsi",
@@ -66,8 +78,18 @@ def publish(producer: FakeProducer, data: bytes = CSV) -> PublishSummary:
         obj=OBJ,
         schema_ver="s1",
         producer=producer,
-        clock=iter([100.0, 100.5]).__next__,
+        **{"clock": iter([100.0, 100.5]).__next__, **kw},
     )
+
+
+def big_csv(rows: int) -> bytes:
+    return b"dep;jour;n\n" + b"".join(b"%02d;2021-01-06;%d\n" % (i % 90, i) for i in range(rows))
+
+
+def truncated_gzip(rows: int) -> bytes:
+    """A gzip of many records cut short: the reader yields records, then fails mid-object (like a bomb's cap)."""
+    data = gzip.compress(big_csv(rows))
+    return data[: len(data) // 2]
 
 
 def test_records_and_rejects_are_published_in_one_transaction() -> None:
@@ -111,12 +133,54 @@ def test_a_failed_delivery_fails_and_aborts_the_transaction() -> None:
     assert producer.committed == []
 
 
-def test_an_unreadable_object_becomes_one_dead_letter() -> None:
+def test_an_empty_object_publishes_nothing_and_one_dead_letter_in_its_own_transaction() -> None:
     producer = FakeProducer()
-    summary = publish(producer, data=b"")
-    assert summary.records_out == 0 and summary.dead_letters == 1
+    with pytest.raises(ObjectRefused) as refused:
+        publish(producer, data=b"")
+    summary = refused.value.summary
+    assert producer.calls == ["begin", "abort", "begin", "commit"]
+    assert [t for t, *_ in producer.committed] == ["covid.deadletter.v1"]
+    letter = json.loads(producer.committed[0][1])
+    assert letter["reason"] == "spf/vacsi/v.csv: empty file; nothing of the object was published"
+    assert (summary.status, summary.records_out, summary.dead_letters) == ("refused", 0, 1)
     assert summary.reader_error == "spf/vacsi/v.csv: empty file"
-    assert summary.rejects_by_reason == {"unreadable object: empty file": 1}
+    assert str(refused.value).startswith(
+        "s3://landing/spf/vacsi/v.csv (etag etag1) cannot be read to its end: spf/vacsi/v.csv: empty file. "
+        "Nothing of it was published to covid.raw.v1"
+    )
+
+
+@pytest.mark.parametrize("reader", ["records", "batches"])
+def test_an_object_that_fails_midway_publishes_no_record_only_one_dead_letter(reader: str) -> None:
+    data = truncated_gzip(20_000)
+    stream = io.BytesIO(data)
+    if reader == "records":
+        items = read_records(stream, "csv", {"delimiter": ";"}, name=OBJ.key)
+    else:
+        items = read_batches(stream, "csv", {"delimiter": ";"}, name=OBJ.key, batch_rows=1000)
+    producer = FakeProducer()
+    with pytest.raises(ObjectRefused) as refused:
+        publish(producer, items=items, clock=lambda: 0.0)
+    summary = refused.value.summary
+    assert summary.records_discarded > 1000, "the reader must have yielded records before failing"
+    assert producer.sent > 1000  # records were produced, inside the transaction that was then aborted
+    assert producer.calls == ["begin", "abort", "begin", "commit"]
+    assert [t for t, *_ in producer.committed] == ["covid.deadletter.v1"]  # no raw record is visible
+    letter = json.loads(producer.committed[0][1])
+    assert letter["reason"].startswith("spf/vacsi/v.csv line ") and "truncated or corrupt gzip data" in letter["reason"]
+    assert f"({summary.records_discarded} records read before the error were discarded)" in letter["reason"]
+    assert letter["line"] == summary.records_discarded + 2  # header line + the records read, then the cut
+    assert dict(producer.committed[0][3])["stage"] == b"publish"
+    assert summary.records_out == 0 and summary.dead_letters == 1
+
+
+def test_a_read_cut_by_s3_is_transient_no_dead_letter() -> None:
+    producer = FakeProducer()
+    cause = ConnectionResetError("peer reset")
+    items = read_records(io.BytesIO(truncated_gzip(20_000)), "csv", {"delimiter": ";"}, name=OBJ.key)
+    with pytest.raises(ReadInterrupted, match=r"S3 failed while s3://landing/spf/vacsi/v.csv"):
+        publish(producer, items=items, clock=lambda: 0.0, source_failed=lambda: cause)
+    assert producer.calls == ["begin", "abort"] and producer.committed == []
 
 
 def test_key_builder_takes_the_first_non_empty_location_column() -> None:
@@ -156,3 +220,77 @@ def test_reject_ratio_beyond_the_limit_fails_the_run_and_says_where_the_rejects_
     assert message.startswith("s3://b/spf/x.csv: 10 of 100 records rejected (10.0% > the allowed 5.0%)")
     assert "covid.deadletter.v1" in message and "{'bad date': 10}" in message
     assert reject_ratio_exceeded({**summary, "records_out": 0, "rejects": 0}, 0.0) is None  # empty object
+
+
+def test_batches_and_records_publish_the_same_messages() -> None:
+    """The column-wise path (read_batches) and the per-record path give the same values, keys and headers."""
+    data = CSV + big_csv(3000)[len(b"dep;jour;n\n") :] + b' 7 ;2021-02-01 ;"a ""q"" \\ \xc3\xa9"\n'
+    runs = {}
+    for reader in ("records", "batches"):
+        stream = io.BytesIO(data)
+        items = (
+            read_records(stream, "csv", {"delimiter": ";"}, name=OBJ.key)
+            if reader == "records"
+            else read_batches(stream, "csv", {"delimiter": ";"}, name=OBJ.key, batch_rows=500)
+        )
+        producer = FakeProducer()
+        publish(producer, items=items, clock=lambda: 0.0)
+        runs[reader] = [
+            (t, {**json.loads(v), "published_at": "-", "at": "-"}, k, h) for t, v, k, h in producer.committed
+        ]
+    assert len(runs["records"]) == 2 + 3000 + 1 + 1  # records, and the malformed row's dead letter
+    assert runs["batches"] == runs["records"]
+    last = runs["batches"][-1]
+    assert last[1]["fields"] == {"dep": " 7 ", "jour": "2021-02-01 ", "n": 'a "q" \\ é'}
+    assert last[2] == b"spf_vacsi|7|2021-02-01"
+    assert last[3]["record_index"] == b"3004"
+
+
+def test_key_builder_batches_equal_per_record_keys() -> None:
+    odd = ["", " ", "\u3000", "x\x1c", "\xa0Paris ", None, "é"]
+    records = [
+        RawRecord(i + 1, {"Province/State": a, "Country/Region": b, "Date": d, "n": i}, None)
+        for i, (a, b, d) in enumerate(
+            [(a, b, d) for a in odd for b in ["France", " ", None] for d in [" 2021-01-01", None, ""]]
+        )
+    ]
+    keys = KeyBuilder(
+        "jhu", {"location": {"columns": ["Province/State", "Country/Region"]}, "date": {"column": "Date"}}
+    )
+    assert keys.batch(records_to_batch(records)) == [keys(r.fields) for r in records]
+    ints = [RawRecord(1, {"dep": 1, "jour": 20210101}, None), RawRecord(2, {"dep": None, "jour": None}, None)]
+    by_int = KeyBuilder("s", {"location": {"column": "dep"}, "date": {"column": "jour"}})
+    assert by_int.batch(records_to_batch(ints)) == [b"s|1|20210101", b"s||"]
+    assert KeyBuilder("s", {}).batch(records_to_batch(ints)) == [b"s||", b"s||"]
+
+
+def test_py_whitespace_is_what_str_strip_strips() -> None:
+    assert set(PY_WHITESPACE) == {chr(c) for c in range(0x110000) if chr(c).isspace()}
+
+
+def test_a_large_object_logs_its_progress(caplog: pytest.LogCaptureFixture) -> None:
+    ticks = iter(float(t) for t in range(0, 10_000, 3))
+    items = read_batches(io.BytesIO(big_csv(5000)), "csv", {"delimiter": ";"}, name=OBJ.key, batch_rows=1000)
+    with caplog.at_level(logging.INFO, logger="covidflow.publish.kafka"):
+        publish(FakeProducer(), items=items, clock=ticks.__next__, progress_seconds=5)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("publishing ")]
+    assert lines == [
+        "publishing s3://landing/spf/vacsi/v.csv: 2000 records so far in 6 s, 333 records/s",
+        "publishing s3://landing/spf/vacsi/v.csv: 4000 records so far in 12 s, 333 records/s",
+    ]
+
+
+def test_the_drift_guard_reads_raw_batches() -> None:
+    """publish_object peeks at read_batches: columns come from the batch schema, the peek is bounded by rows."""
+    from covidflow.store.quality import SchemaDrift, guard_drift, peek_columns
+
+    vacsi = {"location": {"column": "dep"}, "date": {"column": "jour"}, "metrics": {"n": {"column": "n"}}}
+    config = {"drift": {"peek_records": 10}}
+    batches = list(read_batches(io.BytesIO(big_csv(50)), "csv", {"delimiter": ";"}, name=OBJ.key, batch_rows=20))
+    columns, replay = peek_columns(iter(batches), 10)
+    assert columns == {"dep", "jour", "n"}
+    assert list(replay) == batches  # one batch peeked, all still yielded
+    renamed = big_csv(50).replace(b"dep;", b"departement;", 1)
+    with pytest.raises(SchemaDrift, match="column 'dep' mapped by the spec is missing"):
+        guard_drift("spf_vacsi", vacsi, read_batches(io.BytesIO(renamed), "csv", {"delimiter": ";"}, name="k"),
+                    config, name="k")  # fmt: skip
