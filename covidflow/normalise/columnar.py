@@ -15,9 +15,11 @@ the same order), without per-record Python for ordinary specs. How:
   core's ``_number`` once per distinct text.
 - **Checks in the core's order.** A row-level reject (place, vintage, date, dimension, metric) is the first
   failing check in the core's order; then each value cell: skip, reject, negative, maximum.
-- **Record ids** are built with ``binary_join_element_wise`` over the identifying columns (ISO strings of dates
-  and vintages come from the distinct values) and hashed with ``hashlib`` in one tight loop (no vectorised
-  sha256 exists in pyarrow or numpy here); the hex is done with NumPy.
+- **Record ids**: the identifying fields are codes into per-distinct texts (ISO dates and vintages included);
+  they are joined per distinct combination of each half of the fields (a few hundred texts per batch), and each
+  record's text (head + tail) is hashed with ``hashlib`` in one tight loop: no vectorised sha256 exists in
+  pyarrow or numpy here (measured: ``binary_join_element_wise`` over the ten fields cost more than the hash).
+  The hex is done with NumPy. This loop is the one per-record Python step left, and the bound on throughput.
 
 What stays per record: specs with a ``hook`` (the hook is a Python function of one record) and chunks that are
 a ``list[RawRecord]`` (records that do not fit columns, see ``covidflow.read.batch``) run through the per-record
@@ -35,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from covidflow.catalog.locations import LocationRegistry
+from covidflow.catalog.locations import Location, LocationRegistry
 from covidflow.catalog.metrics import Metric
 from covidflow.catalog.schema import ObservationSchema, arrow_schema
 from covidflow.catalog.specs import SourceSpec, object_fields
@@ -45,11 +47,12 @@ from covidflow.read.batch import LINE, ROW, batch_to_records
 from covidflow.read.jsondoc import IGNORED_PREFIX
 
 #: Long rows (rows after unpivot) per unit of work: bounds memory on wide files.
-LONG_ROWS = 262_144
+LONG_ROWS = 32_768
 #: Value cells Arrow casts itself: ASCII decimal numbers, no spaces, short enough to be finite in any case.
 NUMBER_GRAMMAR = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,2})?$"
 NUMBER_MAX_BYTES = 40
 _CACHE_LIMIT = 200_000
+_SEGMENT_TEXTS = 4096  # distinct texts per segment of the record id's fields
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 SKIPS_SCHEMA = pa.schema([("row", pa.int64()), ("field", pa.string()), ("reason", pa.string())])
 
@@ -237,7 +240,15 @@ class BatchNormaliser:
         lines = batch.column(LINE)
         up = self.core.unpivot
         if not up:
-            return [_Frame(cols, rows, lines)]
+            n = len(rows)
+            return [
+                _Frame(
+                    {k: v.slice(i, LONG_ROWS) for k, v in cols.items()},
+                    rows[i : i + LONG_ROWS],
+                    lines.slice(i, LONG_ROWS),
+                )
+                for i in range(0, n, LONG_ROWS)
+            ]
         exclude = set(up.get("exclude", []))
         rx = self.core.unpivot_rx
         wide = [c for c in names if c not in exclude and (not rx or rx.search(c))]
@@ -549,11 +560,16 @@ class BatchNormaliser:
         vcodes, dcodes = vintage.codes[li], dates.codes[li]
 
         def const(value: Any, typ: pa.DataType) -> pa.Array:
+            if isinstance(value, str) and typ == pa.string():  # pa.repeat copies a string value by value: slow
+                data = value.encode("utf-8")
+                offsets = np.arange(0, len(data) * m + 1, len(data), dtype=np.int64) if data else np.zeros(m + 1)
+                if offsets[-1] < 2**31:
+                    return pa.Array.from_buffers(
+                        typ, m, [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data * m)]
+                    )
             return pa.repeat(pa.scalar(value, typ), m)
 
         ts = pa.timestamp("us", tz="UTC")
-        date_iso = dates.column(lambda a: a[1].isoformat(), pa.string())
-        vintage_iso = vintage.column(lambda a: a[0].isoformat(), pa.string())
         columns: dict[str, Any] = {
             "schema_version": const(self.schema.version, pa.int32()),
             "source_id": const(self.spec.id, pa.string()),
@@ -581,25 +597,80 @@ class BatchNormaliser:
         }
         for name, dim in dims.items():
             columns[name] = _take(dim.column(lambda a: a, pa.string()), dim.codes[li])
-        identity = {"date": _take(date_iso, dcodes), "vintage": _take(vintage_iso, vcodes)}
-        parts = []
-        for name in self.schema.record_id_fields:
-            col = identity.get(name, columns.get(name))
-            if col is None or not pa.types.is_string(col.type):
-                col = pa.array([v.isoformat() if hasattr(v, "isoformat") else str(v) for v in col.to_pylist()])
-            parts.append(col)
-        columns["record_id"] = record_ids(pc.binary_join_element_wise(*parts, "\x1f"))
+        # the record id: each identifying field as (code per record, text per code), joined per half, then hashed
+        known: dict[str, tuple[np.ndarray, list[Any]]] = {
+            "source_id": (np.zeros(m, dtype=np.int64), [self.spec.id]),
+            "location_key": (pcodes, [a.key if isinstance(a, Location) else "" for a in place.answers]),
+            "period": (np.zeros(m, dtype=np.int64), [self.core.period]),
+            "date": (dcodes, [a[1].isoformat() if isinstance(a, tuple) else "" for a in dates.answers]),
+            "metric": (metric_codes, self.metric_names.to_pylist()),
+            "vintage": (vcodes, [a[0].isoformat() if isinstance(a, tuple) else "" for a in vintage.answers]),
+        }
+        for name, dim in dims.items():
+            known[name] = (dim.codes[li], [a if isinstance(a, str) else "" for a in dim.answers])
+        parts = [known[name] if name in known else _text_codes(columns[name]) for name in self.schema.record_id_fields]
+        columns["record_id"] = record_ids([_joined(group) for group in _segments(parts)])
         return pa.Table.from_arrays([columns[f.name] for f in self.arrow_schema], schema=self.arrow_schema)
 
 
-def record_ids(identities: pa.Array) -> pa.Array:
-    """``catalog.schema.record_id`` of prepared identity strings: sha256, hex, first 32 characters.
+def _text_codes(array: pa.Array) -> tuple[np.ndarray, list[str]]:
+    """(code per row, ``record_id``'s text per code) of any column: isoformat for dates and times, else str()."""
+    enc = pc.dictionary_encode(array, null_encoding="encode")
+    texts = [v.isoformat() if hasattr(v, "isoformat") else str(v) for v in enc.dictionary.to_pylist()]
+    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), texts
 
-    One ``hashlib`` call per record (the only per-record Python left); the hex is done by NumPy.
+
+def _segments(parts: list[tuple[np.ndarray, list[str]]]) -> list[list[tuple[np.ndarray, list[str]]]]:
+    """Consecutive identifying fields grouped so that each group has few distinct texts (bounded product of
+    the fields' distinct counts): few texts to build, and few concatenations per record."""
+    groups: list[list[tuple[np.ndarray, list[str]]]] = []
+    size = _SEGMENT_TEXTS + 1
+    for part in parts:
+        if size * len(part[1]) > _SEGMENT_TEXTS:
+            groups.append([])
+            size = 1
+        groups[-1].append(part)
+        size *= max(1, len(part[1]))
+    for group in groups[:-1]:  # the separator after a group's last field
+        codes, texts = group[-1]
+        group[-1] = (codes, [t + "\x1f" for t in texts])
+    return groups
+
+
+def _joined(parts: list[tuple[np.ndarray, list[str]]]) -> tuple[np.ndarray, list[bytes]]:
+    """Several coded text columns as one: a code per row and the U+001F-joined UTF-8 text per distinct code."""
+    codes = np.zeros(len(parts[0][0]), dtype=np.int64)
+    texts: list[tuple[str, ...]] = [()]
+    for more_codes, more in parts:
+        uniq, inverse = np.unique(codes * len(more) + more_codes, return_inverse=True)
+        codes = inverse.reshape(-1)
+        texts = [texts[u // len(more)] + (more[u % len(more)],) for u in uniq.tolist()]
+    return codes, ["\x1f".join(t).encode("utf-8") for t in texts]
+
+
+def record_ids(segments: list[tuple[np.ndarray, list[bytes]]]) -> pa.Array:
+    """``catalog.schema.record_id`` of each row: sha256 of its segments' texts concatenated, hex, 32 characters.
+
+    One ``hashlib`` call per record (the only per-record Python left: no vectorised sha256 in pyarrow or numpy);
+    the texts come from per-distinct segments and the hex is done by NumPy.
     """
-    n = len(identities)
     sha = hashlib.sha256
-    digests = b"".join([sha(b).digest() for b in identities.cast(pa.binary()).to_pylist()])
+    n = len(segments[0][0])
+    codes = [c.tolist() for c, _ in segments]
+    texts = [t for _, t in segments]
+    if len(segments) == 1:
+        (a_t,) = texts
+        digests = b"".join([sha(a_t[a]).digest() for a in codes[0]])
+    elif len(segments) == 2:
+        a_t, b_t = texts
+        digests = b"".join([sha(a_t[a] + b_t[b]).digest() for a, b in zip(*codes, strict=True)])
+    elif len(segments) == 3:
+        a_t, b_t, c_t = texts
+        digests = b"".join([sha(a_t[a] + b_t[b] + c_t[c]).digest() for a, b, c in zip(*codes, strict=True)])
+    else:
+        digests = b"".join(
+            [sha(b"".join([t[k] for t, k in zip(texts, ks, strict=True)])).digest() for ks in zip(*codes, strict=True)]
+        )
     first = np.frombuffer(digests, dtype=np.uint8).reshape(n, 32)[:, :16]
     out = np.empty((n, 32), dtype=np.uint8)
     out[:, 0::2] = _HEX[first >> 4]
