@@ -106,6 +106,18 @@ class _Distinct:
         return pa.array([None if a is None or isinstance(a, _RowReject) else pick(a) for a in self.answers], typ)
 
 
+def _dense(codes: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct codes, sorted; each row's index among them): ``np.unique(..., return_inverse=True)``
+    without a sort when the codes are known to be below ``bound`` and it is small."""
+    if bound > 4 * len(codes) + 65_536:
+        uniq, inverse = np.unique(codes, return_inverse=True)
+        return uniq, inverse.reshape(-1)
+    present = np.zeros(bound, dtype=bool)
+    present[codes] = True
+    index = np.cumsum(present) - 1
+    return np.flatnonzero(present), index[codes]
+
+
 def _take(values: pa.Array, codes: np.ndarray) -> pa.Array:
     return values.take(pa.array(codes, pa.int64()))
 
@@ -315,11 +327,10 @@ class BatchNormaliser:
             tuples = [(v,) for v in values]
             for name in present[1:]:
                 more_codes, more = frame.encoded(name)
-                uniq, codes = np.unique(codes * len(more) + more_codes, return_inverse=True)
-                codes = codes.reshape(-1)
+                uniq, codes = _dense(codes * len(more) + more_codes, len(tuples) * len(more))
                 tuples = [tuples[u // len(more)] + (more[u % len(more)],) for u in uniq.tolist()]
         answers: list[Any] = [None] * len(tuples)
-        needed = np.unique(codes[alive]).tolist() if alive.any() else []
+        needed = _dense(codes[alive], len(tuples))[0].tolist() if alive.any() else []
         cache = self._cache(cache_name) if cache_name else None
         for k in needed:
             key = tuple(_key(v) for v in tuples[k]) if cache is not None else None
@@ -642,8 +653,7 @@ def _joined(parts: list[tuple[np.ndarray, list[str]]]) -> tuple[np.ndarray, list
     codes = np.zeros(len(parts[0][0]), dtype=np.int64)
     texts: list[tuple[str, ...]] = [()]
     for more_codes, more in parts:
-        uniq, inverse = np.unique(codes * len(more) + more_codes, return_inverse=True)
-        codes = inverse.reshape(-1)
+        uniq, codes = _dense(codes * len(more) + more_codes, len(texts) * len(more))
         texts = [texts[u // len(more)] + (more[u % len(more)],) for u in uniq.tolist()]
     return codes, ["\x1f".join(t).encode("utf-8") for t in texts]
 
