@@ -36,6 +36,7 @@ Safe to run twice: it reads, and a second major compaction of a compacted table 
     schedule="30 2 * * *",
     start_date=datetime(2024, 1, 1),
     catchup=False,
+    is_paused_upon_creation=False,  # ops and maintenance run on a fresh stack without a click
     max_active_runs=1,
     tags=["covidflow", "maintenance", "cassandra"],
     doc_md=DOC,

@@ -31,6 +31,7 @@ record already in an older index would be written again to the write index (see 
     schedule=None,
     start_date=datetime(2024, 1, 1),
     catchup=False,
+    is_paused_upon_creation=False,  # ops and maintenance run on a fresh stack without a click
     max_active_runs=1,
     tags=["covidflow", "maintenance", "elasticsearch", "cassandra"],
     doc_md=DOC,

@@ -35,6 +35,7 @@ Params: `alias`, `path` (`auto`/`server`/`client`), `grace_period_hours` (overri
     schedule=None,
     start_date=datetime(2024, 1, 1),
     catchup=False,
+    is_paused_upon_creation=False,  # ops and maintenance run on a fresh stack without a click
     max_active_runs=1,
     tags=["covidflow", "maintenance", "elasticsearch"],
     doc_md=DOC,

@@ -34,6 +34,7 @@ Safe to run twice: a fresh write index meets no condition, and retention acts on
     schedule="0 3 * * *",
     start_date=datetime(2024, 1, 1),
     catchup=False,
+    is_paused_upon_creation=False,  # ops and maintenance run on a fresh stack without a click
     max_active_runs=1,
     tags=["covidflow", "maintenance", "elasticsearch"],
     doc_md=DOC,

@@ -23,6 +23,7 @@ auto-creation is never relied on. Run it once after `covidflow stack up`, and af
     schedule=None,
     start_date=datetime(2024, 1, 1),
     catchup=False,
+    is_paused_upon_creation=False,  # ops and maintenance run on a fresh stack without a click
     max_active_runs=1,
     tags=["covidflow", "kafka", "setup"],
     doc_md=DOC,

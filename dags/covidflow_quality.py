@@ -23,6 +23,7 @@ with DAG(
     schedule=CFG["dag"]["schedule"],
     start_date=datetime.fromisoformat(str(CFG["dag"]["start_date"])),
     catchup=False,
+    is_paused_upon_creation=False,  # ops and maintenance run on a fresh stack without a click
     max_active_runs=1,
     tags=["covidflow", "ops", "quality"],
     doc_md=__doc__,

@@ -32,6 +32,7 @@ Triggered by `make demo`; run by hand with `airflow dags test covidflow_stack_ch
     schedule=None,
     start_date=datetime(2024, 1, 1),
     catchup=False,
+    is_paused_upon_creation=False,  # ops and maintenance run on a fresh stack without a click
     tags=["covidflow", "stack"],
     doc_md=DOC,
     on_failure_callback=on_failure,

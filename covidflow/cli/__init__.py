@@ -1,4 +1,5 @@
-"""The ``covidflow`` command: ``stack`` runs the local services, ``sources`` works on source specs."""
+"""The ``covidflow`` command: ``stack`` runs the local services, ``sources`` works on source specs, ``ingest`` re-runs
+sources, ``deadletters`` lists and replays rejected records, ``query`` reads the stores."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import logging
 
 import click
 
+from covidflow.cli.deadletters import deadletters
+from covidflow.cli.ingest import ingest
 from covidflow.cli.query import query
 from covidflow.cli.sources import sources
 from covidflow.cli.stack import stack
@@ -25,6 +28,8 @@ def cli(verbose: bool) -> None:
 cli.add_command(stack)
 cli.add_command(sources)
 cli.add_command(query)
+cli.add_command(ingest)
+cli.add_command(deadletters)
 
 
 def main() -> None:

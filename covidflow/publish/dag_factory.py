@@ -142,9 +142,16 @@ def build_ingest_dag(spec: SourceSpec, config: dict[str, Any] | None = None) -> 
 
         @task(task_id="select_new_objects")
         def select(source: str) -> list[dict[str, Any]]:
-            from covidflow.publish.ingest import select_objects
+            from airflow.sdk.exceptions import AirflowFailException
 
-            return select_objects(source, get_current_context()["params"])
+            from covidflow.land.objects import RerunRequestError
+            from covidflow.publish.ingest import select_objects
+            from covidflow.publish.rerun import RerunParamsError
+
+            try:
+                return select_objects(source, get_current_context()["params"])
+            except (RerunRequestError, RerunParamsError) as exc:  # a wrong request: retrying cannot help
+                raise AirflowFailException(f"re-run refused: {exc}") from None
 
         @task(task_id="publish", outlets=[asset], max_active_tis_per_dag=1)
         def publish(obj: dict[str, Any], source: str) -> dict[str, Any]:
@@ -176,8 +183,13 @@ def build_ingest_dag(spec: SourceSpec, config: dict[str, Any] | None = None) -> 
                 "records_out": summary["records_out"],
                 "rejects": summary["rejects"],
             }
-            # An unreadable object never gets here: publish_object publishes nothing of it, sends one dead
-            # letter, marks it refused and raises AirflowFailException (deterministic: no retry).
+            if summary["reader_error"]:
+                context["ti"].xcom_push(key="summary", value=summary)
+                raise AirflowFailException(
+                    f"{summary['object']} is unreadable ({summary['reader_error']}); "
+                    f"{summary['records_out']} records before the error and a dead letter were published and the "
+                    "object is marked done: fix the file and re-upload it (new etag)."
+                )
             too_many = reject_ratio_exceeded(summary, float(ingest_config()["max_reject_ratio"]))
             if too_many:
                 context["ti"].xcom_push(key="summary", value=summary)

@@ -104,6 +104,8 @@ def oncall_env(home: StackHome) -> dict[str, str]:
             "COVIDFLOW_KAFKA_CLASSPATH": kafka_classpath(home),
             "COVIDFLOW_JAVA": java,
             "KAFKA_LOG4J_OPTS": f"-Dlog4j2.configurationFile={log4j_conf(home)}",
+            # the airflow CLI logs this warning on stdout, which breaks `-o json` output
+            "PYTHONWARNINGS": "ignore:Could not import graphviz",
         }
     )
     return env

@@ -100,3 +100,21 @@ def test_a_broken_spec_is_one_import_error_naming_it_and_the_others_load(tmp_pat
     assert sorted(bag.dag_ids) == [
         f"ingest_{s}" for s in SPEC_IDS if s not in ("spf_vacsi", "who_covid19_global_weekly")
     ]
+
+
+OPS_DAGS = [
+    "covidflow_cassandra_maintenance",
+    "covidflow_es_rebuild",
+    "covidflow_es_reindex",
+    "covidflow_es_rollover",
+    "covidflow_freshness",
+    "covidflow_kafka_topics",
+    "covidflow_quality",
+    "covidflow_stack_check",
+]
+
+
+def test_ops_and_maintenance_dags_start_active(dagbag) -> None:
+    """Issue 13: on a fresh stack nothing has to be unpaused by hand (ingest DAGs: test_ingest_dag_shape)."""
+    assert {d for d in dagbag.dag_ids if not d.startswith("ingest_")} == {*OPS_DAGS, "covidflow_stream"}
+    assert {d: dagbag.dags[d].is_paused_upon_creation for d in OPS_DAGS} == dict.fromkeys(OPS_DAGS, False)
