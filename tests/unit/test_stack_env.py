@@ -1,0 +1,30 @@
+"""`covidflow stack env`: the exports a shell needs, quoted so that eval gives back every value exactly."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from covidflow.stack.home import StackHome
+from covidflow.stack.oncall import KAFKA_TOOLS, oncall_env, shell_script
+
+
+def test_eval_in_bash_gives_back_every_value_and_defines_the_kafka_tools(tmp_path: Path) -> None:
+    env = {"AIRFLOW_CONN_X": '{"extra": {"a": "it\'s $HOME `x`"}}', "PLAIN": "v", "KAFKA_BOOTSTRAP_SERVERS": "h:1"}
+    script = shell_script(env) + 'printf "%s\\n" "$AIRFLOW_CONN_X"; type kafka-topics | head -1\n'
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    lines = done.stdout.splitlines()
+    assert lines[0] == env["AIRFLOW_CONN_X"]
+    assert lines[1] == "kafka-topics is a function"
+    for command, (main, _) in KAFKA_TOOLS.items():
+        assert f"{command}() {{" in script and main in script
+
+
+def test_the_env_points_at_the_stack_of_this_home(tmp_path: Path) -> None:
+    home = StackHome(tmp_path)
+    env = oncall_env(home)
+    assert env["AIRFLOW_HOME"] == str(tmp_path / "data" / "airflow")
+    assert {"AIRFLOW_CONN_COVIDFLOW_S3", "AIRFLOW_CONN_COVIDFLOW_KAFKA", "AIRFLOW__CORE__DAGS_FOLDER"} <= set(env)
+    assert env["PATH"].split(":")[0] == str(tmp_path / "cache" / "tools" / "cqlsh" / "bin")
+    assert (env["CQLSH_HOST"], env["CQLSH_PORT"]) == ("127.0.0.1", "9042")
+    assert str(tmp_path / "cache" / "maven" / "kafka-tools-4.3.1") in env["COVIDFLOW_KAFKA_CLASSPATH"]
