@@ -202,10 +202,18 @@ def _id_keys(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
 class _Progress:
     """A progress line on stderr (rows read, rows/s) at a steady interval, only when stderr is a terminal."""
 
-    def __init__(self, stream: TextIO | None, interval: float = PROGRESS_INTERVAL) -> None:
+    def __init__(self, stream: TextIO | None, interval: float | None = None) -> None:
         self.stream = stream if stream is not None and stream.isatty() else None
-        self.interval, self.started = interval, time.monotonic()
+        self.interval = PROGRESS_INTERVAL if interval is None else interval
+        self.started = time.monotonic()
         self.last, self.width = self.started, 0
+
+    def counting(self, items: Iterator[Any]) -> Iterator[Any]:
+        """Pass the reader's items through, updating the line as they are read (not only between chunks)."""
+        for rows, item in enumerate(items, 1):
+            if not rows & 1023:
+                self.update(rows)
+            yield item
 
     def update(self, rows: int, *, final: bool = False) -> None:
         if self.stream is None:
@@ -260,11 +268,10 @@ def run_file(
     def tables() -> Iterator[pa.Table]:
         try:
             items = open_records(path, spec["format"], spec.get("reader") or {})
-            for chunk in chunk_records(items):
+            for chunk in chunk_records(meter.counting(items) if meter.stream else items):
                 summary.rows_read += 1 if isinstance(chunk, RawReject) else len(chunk)
                 for result in norm.iter_normalise(chunk, prov):
                     yield count(result)
-                meter.update(summary.rows_read)
         except ReaderError as exc:
             summary.error = str(exc)
         finally:
