@@ -197,6 +197,9 @@ def _semantic(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
         else:
             if not groups:
                 problems.append((("object", "pattern"), "needs at least one named group, e.g. (?P<metric>[a-z]+)"))
+    unpivot = data.get("unpivot") or {}
+    if object_rule and unpivot and not unpivot.get("columns"):
+        problems.append((("unpivot",), "with object.pattern, unpivot needs columns (a regex): @object.* are not wide"))
     for path, column in _columns_read(data):
         if column.startswith(OBJECT_FIELD_PREFIX) and column[len(OBJECT_FIELD_PREFIX) :] not in groups:
             where = "object.pattern has no such named group" if object_rule else "the spec has no object.pattern"

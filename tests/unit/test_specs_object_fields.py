@@ -41,6 +41,7 @@ def test_object_fields_of_each_jhu_file() -> None:
         ("object: {pattern: '(?P<kind>[a-z]+)'}\n", "'@object.what' reads the object's name, but object.pattern has"),
         ("object: {pattern: '[a-z]+'}\n", "needs at least one named group"),
         ("object: {pattern: '(?P<what>'}\n", "invalid regular expression"),
+        ("object: {pattern: '(?P<what>x)'}\nunpivot: {name: d, value: n}\n", "unpivot needs columns (a regex)"),
     ],
 )
 def test_object_rules_are_checked(tmp_path: Path, extra: str, message: str) -> None:
