@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any, ClassVar
 
 import pyarrow as pa
 import pytest
 
 from covidflow.catalog.schema import arrow_schema, load_schema, record_id
-from covidflow.index.es_writer import arrow_actions, es_actions
+from covidflow.index.es_writer import arrow_actions, es_actions, es_document
 from covidflow.store.cassandra_writer import _last_per_id, canonical_table, encode_column, partition_batches
 
 
@@ -99,6 +99,15 @@ def test_arrow_documents_are_the_record_documents() -> None:
     assert doc["vintage"] == "2026-01-15T08:00:00.250000+00:00" and doc["date"] == "2020-01-22"
     assert doc["location_point"] == {"lat": 50.8333, "lon": 4.469936} and doc["location_parent_key"] is None
     assert list(doc) == load_schema().field_names
+
+
+def test_es_actions_carry_es_document_of_every_record() -> None:
+    paris = timezone(timedelta(hours=2))
+    records = [record(), record(vintage=datetime(2026, 1, 15, 10, 0, tzinfo=paris), date=date(2020, 1, 24))]
+    actions = es_actions(records, "alias")
+    assert [a["_source"] for a in actions] == [es_document(r) for r in records]
+    assert actions[1]["_source"]["vintage"] == "2026-01-15T08:00:00+00:00"
+    assert [a["_id"] for a in actions] == [r["record_id"] for r in records]
 
 
 def test_canonical_table_accepts_only_the_canonical_arrow_schema() -> None:
