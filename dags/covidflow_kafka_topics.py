@@ -14,13 +14,14 @@ DOC = """
 Creates `covid.raw.v1` and `covid.deadletter.v1` (and any topic added to `include/config/topics.yaml`) with
 explicit partitions, replication, retention and cleanup policy, through the `covidflow_kafka` connection.
 Idempotent: existing topics get missing partitions and drifted configs fixed, nothing else. The broker's
-auto-creation is never relied on. Run it once after `covidflow stack up`, and after editing the config.
+auto-creation is never relied on. It runs once by itself when Airflow first parses it (`@once`, active on
+creation); trigger it again after editing the config.
 """
 
 
 @dag(
     dag_id="covidflow_kafka_topics",
-    schedule=None,
+    schedule="@once",  # active from its first parse: a fresh stack gets its topics without a click
     start_date=datetime(2024, 1, 1),
     catchup=False,
     is_paused_upon_creation=False,  # ops and maintenance run on a fresh stack without a click

@@ -72,6 +72,9 @@ def test_ingest_dag_shape(dagbag, source_id: str) -> None:
 def test_kafka_topics_dag(dagbag) -> None:
     dag = dagbag.dags["covidflow_kafka_topics"]
     assert [t.task_id for t in dag.tasks] == ["ensure_topics"]
+    from airflow.sdk.definitions.timetables.simple import OnceTimetable
+
+    assert isinstance(dag.timetable, OnceTimetable) and dag.is_paused_upon_creation is False
 
 
 def test_a_broken_spec_is_one_import_error_naming_it_and_the_others_load(tmp_path: Path) -> None:
