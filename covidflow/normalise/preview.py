@@ -34,6 +34,8 @@ DUPLICATE_CHECK_LIMIT = 1_000_000
 #: Seconds between two progress lines (``sources preview`` on a terminal).
 PROGRESS_INTERVAL = 1.0
 _DICT_SLICE = 1024  # records turned into dicts at a time, for callers that iterate
+#: Rows per chunk: smaller than the readers' default, as the per-record reader's rows are Python dicts until then.
+PREVIEW_BATCH_ROWS = 16_384
 
 
 @dataclass
@@ -268,7 +270,7 @@ def run_file(
     def tables() -> Iterator[pa.Table]:
         try:
             items = open_records(path, spec["format"], spec.get("reader") or {})
-            for chunk in chunk_records(meter.counting(items) if meter.stream else items):
+            for chunk in chunk_records(meter.counting(items) if meter.stream else items, PREVIEW_BATCH_ROWS):
                 summary.rows_read += 1 if isinstance(chunk, RawReject) else len(chunk)
                 for result in norm.iter_normalise(chunk, prov):
                     yield count(result)
