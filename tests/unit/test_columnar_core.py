@@ -500,3 +500,31 @@ def test_nested_bulletins_of_the_docs(fmt: str, tmp_path: Path) -> None:
         marked = [RawRecord(r.index, {**r.fields, **lists}, r.line) for r in items if isinstance(r, RawRecord)]
         kinds = assert_same(spec, marked, prov, 4)
         assert "RecordBatch" in kinds
+
+
+def sample_files() -> list[tuple[str, Path]]:
+    """Every bundled data file with each spec whose landing patterns take its name (not only ``sample:``)."""
+    import fnmatch
+
+    out = []
+    for path in sorted((PROJECT_ROOT / "include" / "samples").glob("*/*")):
+        if path.name == "SOURCE.md":
+            continue
+        for spec in SPECS.values():
+            if any(fnmatch.fnmatch(path.name, p) for p in spec["landing"]["patterns"]):
+                out.append((spec.id, path))
+    return out
+
+
+@pytest.mark.parametrize(("source_id", "path"), sample_files(), ids=lambda v: getattr(v, "name", v))
+def test_every_sample_file_a_spec_takes(source_id: str, path: Path) -> None:
+    spec = SPECS[source_id]
+    assert_same_as_file(spec, path, prov_for(spec, path.name), 65_536)
+
+
+def test_every_sample_file_is_covered() -> None:
+    """A data file no spec takes would escape the differential test: only the docs' bulletins (tested above)."""
+    taken = {path for _, path in sample_files()}
+    data = {p for p in (PROJECT_ROOT / "include" / "samples").glob("*/*") if p.name != "SOURCE.md"}
+    assert {p.parent.name for p in data - taken} == {"opencovid19fr_bulletins"}
+    assert any("deaths" in p.name for p in taken)  # the JHU family's second file
