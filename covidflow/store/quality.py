@@ -70,7 +70,7 @@ def mapped_columns(spec: Mapping[str, Any]) -> tuple[set[str], re.Pattern[str] |
     """(columns the spec reads, regex of unpivoted value columns or None, columns known but not required)."""
     cols: set[str] = set()
     loc = spec.get("location") or {}
-    cols |= {c for c in [loc.get("column"), loc.get("lat"), loc.get("lon")] if c}
+    cols |= {c for c in [loc.get("column"), loc.get("lat"), loc.get("lon"), loc.get("country_column")] if c}
     cols |= set(loc.get("columns") or [])
     if (spec.get("date") or {}).get("column"):
         cols.add(spec["date"]["column"])
@@ -94,7 +94,8 @@ def mapped_columns(spec: Mapping[str, Any]) -> tuple[set[str], re.Pattern[str] |
         cols -= {unpivot.get("name"), unpivot.get("value")}
         # Location/date columns of unpivoted rows may be the unpivot's own name column.
     rx = re.compile(unpivot["columns"]) if unpivot.get("columns") else None
-    return cols, rx, known
+    # "@object.*" (from the object's name) and "@ignored.*" (nested lists) are made by covidflow, never file columns.
+    return {c for c in cols if not c.startswith("@")}, rx, known
 
 
 def schema_drift(
