@@ -1,12 +1,18 @@
-"""Publish throughput: a 1M-row CSV to Kafka through our publish path, next to a bare confluent-kafka loop.
+"""Publish throughput: an SPF-shaped CSV to Kafka through our publish path, next to a bare confluent-kafka loop.
 
-Phases (same broker, same producer settings from include/config/ingest.yaml, a private bench topic that is
-deleted at the end, so covid.raw.v1 is not polluted):
-  bare_loop     csv.reader -> json.dumps(row) -> Producer.produce, then flush (no envelope, no transaction)
-  publish_file  our path on the local file: read_records (streaming reader) -> RawEnvelope -> one transaction
-  publish_s3    our path as the DAG runs it: the object streamed from S3 (boto3 StreamingBody) -> same as above
+Phases, in this order and in the same run (same broker, same producer settings from include/config/ingest.yaml,
+a private bench topic deleted at the end, so covid.raw.v1 is not polluted); each runs in its own subprocess,
+so its peak RSS is its own:
+  bare_loop        csv.reader -> json.dumps(row) -> Producer.produce, then flush (no envelope, no transaction)
+  publish_file     our path on the local file: read_batches -> envelopes column-wise -> one transaction
+  publish_s3       our path as the DAG runs it: the object streamed from S3 (boto3 StreamingBody) -> same
+  publish_records  (with --records) the per-record path: read_records -> one envelope per record
 
-Needs `covidflow stack up s3 kafka`. Run: .venv/bin/python bench/publish_throughput.py [--rows 1000000]
+Prints records/s, peak RSS and the ratio to bare_loop (import time is not counted: a fixed start-up cost).
+On a shared machine the rates swing between runs: ``--repeat N`` runs the phases N times, interleaved, and
+reports each phase's median (and range).
+Needs `covidflow stack up s3 kafka`.
+Run: .venv/bin/python bench/publish_throughput.py [--rows 1000000] [--repeat 3] [--records] [--profile publish_file]
 """
 
 from __future__ import annotations
@@ -15,6 +21,10 @@ import argparse
 import csv
 import json
 import random
+import resource
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -30,9 +40,11 @@ from covidflow.land.objects import LandedObject
 from covidflow.publish.config import ingest_config
 from covidflow.publish.kafka import open_stream, publish_records, transactional_id
 from covidflow.read import read_records
+from covidflow.read.batch import read_batches
 from covidflow.stack.services.s3 import s3_client
 
 SOURCE = "spf_vacsi"
+PHASES = ("bare_loop", "publish_file", "publish_s3")
 
 
 def make_csv(path: Path, rows: int) -> None:
@@ -81,13 +93,14 @@ def bare_loop(path: Path, topic: str) -> int:
     return n
 
 
-def ours(stream, obj: LandedObject, topic: str) -> int:
+def ours(stream, obj: LandedObject, topic: str, per_record: bool = False) -> int:
     spec = find_spec(SOURCE)
     p = producer(transactional_id(SOURCE, f"bench-{uuid.uuid4().hex}"))
     p.init_transactions(30)
-    records = read_records(stream, spec["format"], spec.get("reader") or {}, name=obj.key)
+    read = read_records if per_record else read_batches
+    items = read(stream, spec["format"], spec.get("reader") or {}, name=obj.key)
     summary = publish_records(
-        records,
+        items,
         source_id=SOURCE,
         spec=spec.data,
         obj=obj,
@@ -101,14 +114,63 @@ def ours(stream, obj: LandedObject, topic: str) -> int:
     return summary.records_out
 
 
+def run_phase(name: str, path: Path, obj: LandedObject, topic: str) -> int:
+    if name == "bare_loop":
+        return bare_loop(path, topic)
+    if name in ("publish_file", "publish_records"):
+        with path.open("rb") as f:
+            return ours(f, obj, topic, per_record=name == "publish_records")
+    body = open_stream(s3_client(timeout=60), obj)
+    try:
+        return ours(body, obj, topic)
+    finally:
+        body.close()
+
+
+def child(args: argparse.Namespace) -> None:
+    """One phase in this process: prints one JSON line (records, seconds, peak RSS)."""
+    obj = LandedObject(**json.loads(args.object))
+    path = Path(args.file)
+    if args.phase != "bare_loop":  # module imports are a fixed start-up cost, not throughput: do them untimed
+        import pyarrow.compute  # noqa: F401
+
+        import covidflow.read.delimited  # noqa: F401
+    if args.profile:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        started = time.perf_counter()
+        n = profiler.runcall(run_phase, args.phase, path, obj, args.topic)
+        elapsed = time.perf_counter() - started
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(18)
+    else:
+        started = time.perf_counter()
+        n = run_phase(args.phase, path, obj, args.topic)
+        elapsed = time.perf_counter() - started
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"records": n, "seconds": elapsed, "peak_rss_mb": rss_mb}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=1, help="run the phases N times (interleaved); medians")
+    parser.add_argument("--records", action="store_true", help="also time the per-record path (read_records)")
+    parser.add_argument("--profile", default="", help="cProfile this phase (top functions on stderr; slower)")
+    parser.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase in this process
+    parser.add_argument("--file", help=argparse.SUPPRESS)
+    parser.add_argument("--object", help=argparse.SUPPRESS)
+    parser.add_argument("--topic", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.phase:
+        child(args)
+        return
     admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP})
     topic = f"bench.publish.{uuid.uuid4().hex[:8]}"
     admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)])[topic].result(30)
     s3, bucket = s3_client(timeout=60), f"bench-publish-{uuid.uuid4().hex[:8]}"
+    phases = PHASES + (("publish_records",) if args.records else ())
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "vacsi-dep-bench.csv"
@@ -119,25 +181,38 @@ def main() -> None:
             s3.upload_file(str(path), bucket, key)
             head = s3.head_object(Bucket=bucket, Key=key)
             obj = LandedObject(bucket, key, head["ETag"].strip('"'), size, datetime.now(UTC).isoformat())
-            print(f"{args.rows} rows, {size / 1e6:.1f} MB, topic {topic}")
-            rates = {}
-            for name in ("bare_loop", "publish_file", "publish_s3"):
-                started = time.perf_counter()
-                if name == "bare_loop":
-                    n = bare_loop(path, topic)
-                elif name == "publish_file":
-                    with path.open("rb") as f:
-                        n = ours(f, obj, topic)
-                else:
-                    body = open_stream(s3, obj)
-                    n = ours(body, obj, topic)
-                    body.close()
-                elapsed = time.perf_counter() - started
-                assert n == args.rows, (name, n)
-                rates[name] = n / elapsed
-                print(f"{name:>13}: {n} records in {elapsed:6.2f} s = {rates[name]:9.0f} records/s")
-            for name in ("publish_file", "publish_s3"):
-                print(f"{name} / bare_loop: {rates[name] / rates['bare_loop']:.2f}")
+            print(f"{args.rows} rows, {size / 1e6:.1f} MB, topic {topic}, {len(phases)} phases, one subprocess each")
+            rates: dict[str, list[float]] = {name: [] for name in phases}
+            rss: dict[str, float] = {name: 0.0 for name in phases}
+            for round_ in range(1, args.repeat + 1):
+                for name in phases:
+                    command = [sys.executable, __file__, "--phase", name, "--file", str(path), "--topic", topic,
+                               "--object", json.dumps(obj.to_dict())]  # fmt: skip
+                    command += ["--profile", "1"] if args.profile == name else []
+                    done = subprocess.run(command, capture_output=True, text=True, check=False)
+                    if done.returncode:
+                        raise SystemExit(f"phase {name} failed:\n{done.stderr[-3000:]}")
+                    if args.profile == name:
+                        print(done.stderr, file=sys.stderr)
+                    result = json.loads(done.stdout.strip().splitlines()[-1])
+                    assert result["records"] == args.rows, (name, result)
+                    rate = result["records"] / result["seconds"]
+                    rates[name].append(rate)
+                    rss[name] = max(rss[name], result["peak_rss_mb"])
+                    print(
+                        f"[{round_}/{args.repeat}] {name:>15}: {result['records']} records in "
+                        f"{result['seconds']:6.2f} s = {rate:9.0f} records/s, peak RSS {result['peak_rss_mb']:.0f} MB"
+                    )
+            median = {name: statistics.median(values) for name, values in rates.items()}
+            print(f"medians over {args.repeat} round(s):")
+            for name in phases:
+                print(
+                    f"{name:>15}: {median[name]:9.0f} records/s (range {min(rates[name]):.0f}-{max(rates[name]):.0f}), "
+                    f"peak RSS {rss[name]:.0f} MB"
+                )
+            for name in phases[1:]:
+                per_round = ", ".join(f"{a / b:.2f}" for a, b in zip(rates[name], rates["bare_loop"], strict=True))
+                print(f"{name} / bare_loop: {median[name] / median['bare_loop']:.2f} (per round: {per_round})")
     finally:
         admin.delete_topics([topic])[topic].result(30)
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):

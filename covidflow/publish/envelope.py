@@ -78,19 +78,23 @@ class RawEnvelope:
         return cls(**{**data, "object": ObjectRef(**data["object"])})
 
     def headers(self) -> list[tuple[str, bytes]]:
-        """Kafka headers duplicating the provenance, so tools can filter without parsing the value."""
-        version = [("version_id", self.object.version_id.encode())] if self.object.version_id else []
-        return [
-            *version,
-            ("source_id", self.source_id.encode()),
-            ("object_key", self.object.key.encode()),
-            ("etag", self.object.etag.encode()),
-            ("record_index", str(self.record_index).encode()),
-            ("schema_version", self.schema_version.encode()),
-            ("vintage", self.vintage.encode()),
-            ("landed_at", self.landed_at.encode()),
-            ("envelope_version", str(self.envelope_version).encode()),
-        ]
+        """Kafka headers naming the object version and the envelope format, so tools can filter and dispatch
+        without parsing the value; the same for every record of an object (the rest of the provenance is in the
+        value: per-record headers were the largest cost left in publishing, ADR 0005)."""
+        return object_headers(self.source_id, self.object)
+
+
+def object_headers(source_id: str, obj: ObjectRef) -> list[tuple[str, bytes]]:
+    """The raw-record headers of one object version: ``version_id`` (versioned buckets), ``source_id``,
+    ``object_key``, ``etag``, ``envelope_version``."""
+    version = [("version_id", obj.version_id.encode())] if obj.version_id else []
+    return [
+        *version,
+        ("source_id", source_id.encode()),
+        ("object_key", obj.key.encode()),
+        ("etag", obj.etag.encode()),
+        ("envelope_version", str(ENVELOPE_VERSION).encode()),
+    ]
 
 
 @dataclass(frozen=True)
@@ -164,34 +168,18 @@ class EnvelopeEncoder:
             f',"published_at":{_dumps(published_at)},"envelope_version":{ENVELOPE_VERSION},'
             f'"landed_at":{_dumps(landed_at)}}}'
         )
-        version = [("version_id", obj.version_id.encode())] if obj.version_id else []
-        self.headers_before: list[tuple[str, bytes]] = [
-            *version,
-            ("source_id", source_id.encode()),
-            ("object_key", obj.key.encode()),
-            ("etag", obj.etag.encode()),
-        ]
-        self.headers_after: list[tuple[str, bytes]] = [
-            ("schema_version", schema_version.encode()),
-            ("vintage", vintage.encode()),
-            ("landed_at", landed_at.encode()),
-            ("envelope_version", str(ENVELOPE_VERSION).encode()),
-        ]
+        #: One list for every record of the object: librdkafka copies it on each produce.
+        self.headers: list[tuple[str, bytes]] = object_headers(source_id, obj)
 
     def encode(self, record_index: int, fields: Mapping[str, Any], line: int | None) -> bytes:
         """One record's envelope (the per-record path: non-columnar chunks, tests)."""
         line_json = "null" if line is None else str(line)
         return f'{self.head}{record_index},"fields":{_dumps(fields)},"line":{line_json}{self.tail}'.encode()
 
-    def headers(self, record_index: int | bytes) -> list[tuple[str, bytes]]:
-        """The record's provenance headers, in RawEnvelope.headers() order."""
-        index = record_index if isinstance(record_index, bytes) else str(record_index).encode()
-        return [*self.headers_before, ("record_index", index), *self.headers_after]
-
     def encode_batch(self, batch: pa.RecordBatch, row_text: pa.Array | None = None) -> list[bytes]:
         """Every record's envelope of a raw batch, assembled column-wise (one Python object per record).
 
-        ``row_text``: the ``__row`` column already cast to strings, when the caller has it (headers need it too).
+        ``row_text``: the ``__row`` column already cast to strings, when the caller has it.
         """
         import pyarrow as pa
         import pyarrow.compute as pc

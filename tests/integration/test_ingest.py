@@ -197,15 +197,16 @@ def test_publish_once_then_nothing_then_only_the_corrected_vintage(s3, kafka_top
     first = by_index[1]
     assert first["value"]["fields"] == dict(zip(["dep", "jour", "n_dose1", "n_cum_dose1"], rows[0], strict=True))
     assert first["key"] == f"{SOURCE}|{rows[0][0]}|{rows[0][1]}".encode()
-    headers = first["headers"]
-    assert headers["source_id"] == SOURCE.encode()
-    assert headers["object_key"] == KEY.encode()
-    assert headers["etag"] == first_etag.encode()
-    assert headers["record_index"] == b"1"
-    assert headers["schema_version"] == first["value"]["schema_version"].encode()
-    assert len(headers["schema_version"]) == 12
-    assert headers["landed_at"] == first["value"]["landed_at"].encode() != b""
-    assert headers["vintage"] == headers["landed_at"]  # spf_vacsi: vintage from landed_at (the LastModified)
+    # Headers name the object version and the format; the rest of the provenance is in the value (ADR 0005).
+    assert first["headers"] == {
+        "source_id": SOURCE.encode(),
+        "object_key": KEY.encode(),
+        "etag": first_etag.encode(),
+        "envelope_version": b"1",
+    }
+    assert len(first["value"]["schema_version"]) == 12
+    assert first["value"]["landed_at"] != ""
+    assert first["value"]["vintage"] == first["value"]["landed_at"]  # spf_vacsi: vintage from the LastModified
     assert {m["headers"]["etag"] for m in messages} == {first_etag.encode()}
     assert f"published s3://{bucket}/{KEY} etag={first_etag}" in output
     assert f"records_out={len(rows)} rejects=0" in output

@@ -243,7 +243,9 @@ def test_batches_and_records_publish_the_same_messages() -> None:
     last = runs["batches"][-1]
     assert last[1]["fields"] == {"dep": " 7 ", "jour": "2021-02-01 ", "n": 'a "q" \\ é'}
     assert last[2] == b"spf_vacsi|7|2021-02-01"
-    assert last[3]["record_index"] == b"3004"
+    assert last[1]["record_index"] == 3004
+    assert last[3] == {"source_id": b"spf_vacsi", "object_key": b"spf/vacsi/v.csv", "etag": b"etag1",
+                       "envelope_version": b"1"}  # fmt: skip
 
 
 def test_key_builder_batches_equal_per_record_keys() -> None:
