@@ -183,13 +183,8 @@ def build_ingest_dag(spec: SourceSpec, config: dict[str, Any] | None = None) -> 
                 "records_out": summary["records_out"],
                 "rejects": summary["rejects"],
             }
-            if summary["reader_error"]:
-                context["ti"].xcom_push(key="summary", value=summary)
-                raise AirflowFailException(
-                    f"{summary['object']} is unreadable ({summary['reader_error']}); "
-                    f"{summary['records_out']} records before the error and a dead letter were published and the "
-                    "object is marked done: fix the file and re-upload it (new etag)."
-                )
+            # An unreadable object never gets here: publish_object publishes nothing of it, sends one dead
+            # letter, marks it refused and raises AirflowFailException (deterministic: no retry).
             too_many = reject_ratio_exceeded(summary, float(ingest_config()["max_reject_ratio"]))
             if too_many:
                 context["ti"].xcom_push(key="summary", value=summary)
