@@ -152,33 +152,34 @@ def run_phase(name: str, path: Path) -> None:
     )
 
 
-def measure(names: list[str], path: Path) -> dict[str, dict]:
-    """Run each phase in a fresh interpreter on ``path``; its JSON figures by phase name."""
-    results = {}
-    for name in names:
-        out = subprocess.run(
-            [sys.executable, __file__, "--phase", name, "--file", str(path)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        results[name] = json.loads(out.strip().splitlines()[-1])
-    return results
+def run_child(name: str, path: Path) -> dict:
+    """Run one phase in a fresh interpreter on ``path``; its JSON figures."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--phase", name, "--file", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
-def report(results: dict[str, dict], size_mb: float) -> None:
-    base = results.get(BASELINE)
+def measure(names: list[str], path: Path, size_mb: float) -> dict[str, dict]:
+    """Run the phases one after the other, printing each one's line as soon as it is measured."""
     vs = "vs " + BASELINE
-    print(
-        f"{'phase':<18} {'rows':>10} {'seconds':>8} {'rows/s':>11} {'MB/s':>7} {vs:>13} {'peak RSS':>9} {'import s':>9}"
-    )
-    for name, r in results.items():
+    head = f"{'phase':<18} {'rows':>10} {'seconds':>8} {'rows/s':>11} {'MB/s':>7} {vs:>13} {'peak RSS':>9}"
+    print(f"{head} {'import s':>9}", flush=True)
+    results: dict[str, dict] = {}
+    for name in names:
+        r = results[name] = run_child(name, path)
+        base = results.get(BASELINE)
         rate = r["rows"] / r["seconds"]
         ratio = f"{rate / (base['rows'] / base['seconds']):.2f}x" if base else "-"
         print(
             f"{name:<18} {r['rows']:>10} {r['seconds']:>8.2f} {rate:>11,.0f} {size_mb / r['seconds']:>7.1f} "
-            f"{ratio:>13} {r['peak_rss_kib'] / 1024:>7.1f}MB {r.get('import_seconds', 0):>9.2f}"
+            f"{ratio:>13} {r['peak_rss_kib'] / 1024:>7.1f}MB {r.get('import_seconds', 0):>9.2f}",
+            flush=True,
         )
+    return results
 
 
 def scale(counts: list[int], names: list[str], directory: Path) -> None:
@@ -191,8 +192,7 @@ def scale(counts: list[int], names: list[str], directory: Path) -> None:
             generate(path, rows)
         size_mb = path.stat().st_size / 1e6
         print(f"\nfile: {path} ({size_mb:.1f} MB)", flush=True)
-        table[rows] = measure(names, path)
-        report(table[rows], size_mb)
+        table[rows] = measure(names, path, size_mb)
     first = counts[0]
     print(f"\nscale (vs {first:,} rows):")
     print(f"{'phase':<18} {'rows':>11} {'us/row':>8} {'x smallest':>11} {'peak RSS':>9} {'x smallest':>11}")
@@ -212,7 +212,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="data rows to generate (default ~100 MB)")
     parser.add_argument("--file", type=Path, help="CSV to use; generated there if missing (default: a temp dir)")
-    parser.add_argument("--phases", default=",".join(PHASES), help="comma-separated phases to run")
+    parser.add_argument(
+        "--phases", default=",".join(PHASES), help=f"comma-separated phases to run, {BASELINE} first for the ratios"
+    )
     parser.add_argument("--scale", help="comma-separated row counts: run the phases on one file of each size")
     parser.add_argument("--dir", type=Path, help="where --scale keeps its files (default: a temp dir, removed)")
     parser.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase in this process
@@ -232,8 +234,8 @@ def main() -> None:
             print(f"generating {args.rows} rows -> {path}", flush=True)
             generate(path, args.rows)
         size_mb = path.stat().st_size / 1e6
-        print(f"file: {path} ({size_mb:.1f} MB)")
-        report(measure(names, path), size_mb)
+        print(f"file: {path} ({size_mb:.1f} MB)", flush=True)
+        measure(names, path, size_mb)
 
 
 if __name__ == "__main__":
