@@ -142,6 +142,7 @@ def test_a_replay_changes_no_count_and_no_value(keyspace: tuple[Any, str], recor
     before = table_counts(sess, ks), read_table(sess, ks, "observations_latest", records)
     writer.write(to_arrow(records))  # the same batch again, as the stream replays it (and in the other shape)
     writer.write(records + records[:50])  # a batch holding some records twice
+    assert writer.write([]) == {"observations_latest": 0, "observations_by_vintage": 0, "vintages_by_source": 0}
     assert (table_counts(sess, ks), read_table(sess, ks, "observations_latest", records)) == before
 
 
