@@ -203,3 +203,36 @@ def test_bind_values_are_the_bytes_the_driver_binds(keyspace: tuple[Any, str], r
             bound = stmt.bind(tuple(UNSET_VALUE if v is None else v for v in values)).values
             assert list(row) == list(bound)
             assert size == sum(len(v) for v in bound if isinstance(v, bytes))
+
+
+def test_an_outage_stalls_the_write_until_cassandra_is_back(
+    keyspace: tuple[Any, str], records: list[dict], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cassandra unreachable for 10 s (for this writer only: a TCP forwarder it talks through is closed, as in
+    test_stream_outage): the write retries with its warning lines, then completes; nothing is lost."""
+    import threading
+
+    from test_stream_outage import Forwarder
+
+    from covidflow.store import cassandra_writer
+
+    sess, ks = keyspace
+    clear(sess, ks)
+    forwarder = Forwarder(9042)
+    forwarder.up()
+    through = cassandra_writer.session("127.0.0.1", forwarder.port)
+    try:
+        writer = CassandraWriter(through, keyspace=ks, retry_for=120)
+        forwarder.down()
+        back = threading.Timer(10, forwarder.up)
+        back.start()
+        with caplog.at_level("WARNING", logger="covidflow.store.cassandra_writer"):
+            counts = writer.write(records)
+        back.join()
+    finally:
+        cassandra_writer._SESSIONS.pop(("127.0.0.1", forwarder.port), None)
+        through.cluster.shutdown()
+        forwarder.down()
+    assert counts == {"observations_latest": 900, "observations_by_vintage": 900, "vintages_by_source": 2}
+    assert any("900/900 writes to observations_latest failed" in m for m in caplog.messages)
+    assert read_table(sess, ks, "observations_by_vintage", records).keys() == {r["record_id"] for r in records}
