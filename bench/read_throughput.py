@@ -105,8 +105,7 @@ def phase_sources_preview(path: Path) -> int:
     from covidflow.normalise.preview import run_file
 
     records, summary = run_file(find_spec("spf_donnees_hospitalieres"), path)
-    for _ in records:
-        pass
+    records.drain()  # what the CLI does after printing its --limit records: count on Arrow tables, no dicts
     if summary.reject_count or summary.error:
         raise SystemExit("unexpected rejects:\n" + "\n".join(summary.lines()))
     return summary.rows_read

@@ -24,9 +24,9 @@ import pyarrow.compute as pc
 from covidflow.catalog.specs import SourceSpec
 from covidflow.normalise.columnar import BatchNormaliser, BatchResult
 from covidflow.normalise.core import Normaliser, Provenance, Reject
-from covidflow.read import ReaderError, open_records
+from covidflow.read import ReaderError
 from covidflow.read.base import RawReject
-from covidflow.read.batch import chunk_records
+from covidflow.read.batch import open_batches
 
 EXAMPLES_PER_REASON = 3
 #: Duplicate ids are looked for among the first records only, so a preview of any size stays in bounded memory.
@@ -210,13 +210,6 @@ class _Progress:
         self.started = time.monotonic()
         self.last, self.width = self.started, 0
 
-    def counting(self, items: Iterator[Any]) -> Iterator[Any]:
-        """Pass the reader's items through, updating the line as they are read (not only between chunks)."""
-        for rows, item in enumerate(items, 1):
-            if not rows & 1023:
-                self.update(rows)
-            yield item
-
     def update(self, rows: int, *, final: bool = False) -> None:
         if self.stream is None:
             return
@@ -269,9 +262,10 @@ def run_file(
 
     def tables() -> Iterator[pa.Table]:
         try:
-            items = open_records(path, spec["format"], spec.get("reader") or {})
-            for chunk in chunk_records(meter.counting(items) if meter.stream else items, PREVIEW_BATCH_ROWS):
+            chunks = open_batches(path, spec["format"], spec.get("reader") or {}, batch_rows=PREVIEW_BATCH_ROWS)
+            for chunk in chunks:
                 summary.rows_read += 1 if isinstance(chunk, RawReject) else len(chunk)
+                meter.update(summary.rows_read)
                 for result in norm.iter_normalise(chunk, prov):
                     yield count(result)
         except ReaderError as exc:

@@ -19,6 +19,7 @@ changes a value, and the columnar core can promise record-for-record the output 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from covidflow.read import _reader, read_records
@@ -181,3 +182,22 @@ def read_batches(
         _reader(fmt, options or {}, name)  # unknown options fail at the call, as with read_records
         return rechunk(read_csv_blocks(stream, options or {}, name), batch_rows)
     return chunk_records(read_records(stream, fmt, options, name=name), batch_rows)
+
+
+def open_batches(
+    path: Path | str, fmt: str, options: Mapping[str, Any], *, batch_rows: int = BATCH_ROWS
+) -> Iterator[pa.RecordBatch | list[RawRecord] | RawReject]:
+    """``read_batches`` of a local file (``sources preview``); the file is closed when the iterator ends."""
+    name = str(path)
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed by the generator below
+    except FileNotFoundError:
+        raise ReaderError(name, "file not found") from None
+    except OSError as exc:
+        raise ReaderError(name, f"cannot open: {exc.strerror or exc}") from None
+
+    def chunks() -> Iterator[pa.RecordBatch | list[RawRecord] | RawReject]:
+        with handle:
+            yield from read_batches(handle, fmt, options, name=name, batch_rows=batch_rows)
+
+    return chunks()

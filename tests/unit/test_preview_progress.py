@@ -27,11 +27,12 @@ def big_file(tmp_path: Path, rows: int) -> Path:
 def test_progress_lines_on_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     terminal = Terminal()
     monkeypatch.setattr(preview.sys, "stderr", terminal)
-    monkeypatch.setattr(preview, "PROGRESS_INTERVAL", 0.0)  # a line each time it is looked at: every 1,024 rows
+    monkeypatch.setattr(preview, "PROGRESS_INTERVAL", 0.0)  # a line each time it is looked at: every chunk
+    monkeypatch.setattr(preview, "PREVIEW_BATCH_ROWS", 1024)
     records, summary = preview.run_file(find_spec("spf_vacsi"), big_file(tmp_path, 5000), progress=True)
     records.drain()
     lines = [line.strip() for line in terminal.getvalue().split("\r") if line.strip()]
-    assert [line.split(" rows read")[0] for line in lines] == ["1,024", "2,048", "3,072", "4,096", "5,000"], lines
+    assert [line.split(" rows read")[0] for line in lines] == ["1,024", "2,048", "3,072", "4,096", "5,000", "5,000"]
     assert all(re.fullmatch(r"[\d,]+ rows read, [\d,]+ rows/s( \(done\))?", line) for line in lines), lines
     assert lines[-1].endswith("(done)") and terminal.getvalue().endswith("\n") and summary.rows_read == 5000
 
