@@ -158,12 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         beat.updated_at, beat.totals = now_iso(), dict(totals)
         beat.write(cfg.heartbeat)
         log.info(
-            "batch %d: input %d, records %d, normalise %.1fs, cassandra %s (%.1fs), elasticsearch %d (%.1fs), "
-            "rejects %d, skips %d, %.2fs",
+            "batch %d: input %d, records %d, normalise %.1fs, cassandra %s (%.1fs) and elasticsearch %d (%.1fs) in "
+            "%.1fs, rejects %d, skips %d, %.2fs",
             batch_id, stats["input_rows"], stats["records"], stats["normalise_seconds"], stats["cassandra"],
-            stats["cassandra_seconds"],
-            stats["elasticsearch"], stats["elasticsearch_seconds"], stats["dead_letters"], stats["skips"],
-            stats["seconds"],
+            stats["cassandra_seconds"], stats["elasticsearch"], stats["elasticsearch_seconds"],
+            stats["stores_seconds"], stats["dead_letters"], stats["skips"], stats["seconds"],
         )  # fmt: skip
 
     reader = (

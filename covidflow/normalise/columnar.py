@@ -29,6 +29,7 @@ core and are converted to the same :class:`BatchResult`. Rejects are built as ``
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,7 @@ NUMBER_GRAMMAR = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,2})?$"
 NUMBER_MAX_BYTES = 40
 _CACHE_LIMIT = 200_000
 _SEGMENT_TEXTS = 4096  # distinct texts per segment of the record id's fields
+_DIGEST = operator.methodcaller("digest")
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 SKIPS_SCHEMA = pa.schema([("row", pa.int64()), ("field", pa.string()), ("reason", pa.string())])
 
@@ -664,23 +666,11 @@ def record_ids(segments: list[tuple[np.ndarray, list[bytes]]]) -> pa.Array:
     One ``hashlib`` call per record (the only per-record Python left: no vectorised sha256 in pyarrow or numpy);
     the texts come from per-distinct segments and the hex is done by NumPy.
     """
-    sha = hashlib.sha256
     n = len(segments[0][0])
-    codes = [c.tolist() for c, _ in segments]
-    texts = [t for _, t in segments]
-    if len(segments) == 1:
-        (a_t,) = texts
-        digests = b"".join([sha(a_t[a]).digest() for a in codes[0]])
-    elif len(segments) == 2:
-        a_t, b_t = texts
-        digests = b"".join([sha(a_t[a] + b_t[b]).digest() for a, b in zip(*codes, strict=True)])
-    elif len(segments) == 3:
-        a_t, b_t, c_t = texts
-        digests = b"".join([sha(a_t[a] + b_t[b] + c_t[c]).digest() for a, b, c in zip(*codes, strict=True)])
-    else:
-        digests = b"".join(
-            [sha(b"".join([t[k] for t, k in zip(texts, ks, strict=True)])).digest() for ks in zip(*codes, strict=True)]
-        )
+    # map/zip/join/methodcaller all run in C: the only Python-level work per record is gone, the hash remains.
+    parts = [map(texts.__getitem__, codes.tolist()) for codes, texts in segments]
+    joined = parts[0] if len(parts) == 1 else map(b"".join, zip(*parts, strict=True))
+    digests = b"".join(map(_DIGEST, map(hashlib.sha256, joined)))
     first = np.frombuffer(digests, dtype=np.uint8).reshape(n, 32)[:, :16]
     out = np.empty((n, 32), dtype=np.uint8)
     out[:, 0::2] = _HEX[first >> 4]

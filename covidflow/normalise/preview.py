@@ -127,13 +127,15 @@ class RecordStream(Iterator[dict[str, Any]]):
 class _DuplicateIds:
     """Counts records whose id was seen before, among the first ``limit`` distinct ids, on NumPy arrays.
 
-    Same count and truncation as checking every record against a set in reading order.
+    Same count and truncation as checking every record against a set in reading order. Ids are compared on their
+    128 bits folded to 64 (a sorted uint64 array: sorting and searching 32-byte strings took half of a preview's
+    time); two different ids folding alike among the first 1M has a probability of about 3e-8.
     """
 
     def __init__(self, summary: Summary, limit: int = DUPLICATE_CHECK_LIMIT) -> None:
         self.summary, self.limit = summary, limit
-        self.seen = np.empty(0, dtype="S32")  # sorted
-        self.extra: set[bytes] = set()  # recent additions from small batches, merged into seen in bulk
+        self.seen = np.empty(0, dtype=np.uint64)  # sorted
+        self.extra: set[int] = set()  # recent additions from small batches, merged into seen in bulk
 
     def _in_seen(self, keys: np.ndarray) -> np.ndarray:
         if not len(self.seen):
@@ -142,7 +144,9 @@ class _DuplicateIds:
         return self.seen[idx] == keys
 
     def _merge(self, new: np.ndarray) -> None:
-        self.seen = np.sort(np.concatenate([self.seen, new, np.array(sorted(self.extra), dtype="S32")]))
+        # Sorted runs, concatenated: the stable sort (timsort) merges them in linear time.
+        extra = np.array(sorted(self.extra), dtype=np.uint64)
+        self.seen = np.sort(np.concatenate([self.seen, new, extra]), kind="stable")
         self.extra.clear()
 
     def add(self, ids: pa.ChunkedArray | pa.Array) -> None:
@@ -166,7 +170,7 @@ class _DuplicateIds:
             else:
                 self.summary.duplicate_check_truncated = True
         if len(self.extra) > 65_536:
-            self._merge(np.empty(0, dtype="S32"))
+            self._merge(np.empty(0, dtype=np.uint64))
 
 
 def _tally(skips: pa.Table) -> list[tuple[tuple[str, str], int]]:
@@ -185,8 +189,13 @@ def _tally(skips: pa.Table) -> list[tuple[tuple[str, str], int]]:
     ]
 
 
+_NIBBLES = np.zeros(256, dtype=np.uint64)
+_NIBBLES[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint64)
+_SHIFTS = np.arange(60, -4, -4, dtype=np.uint64)
+
+
 def _id_keys(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Record ids (32 hex characters each) as a NumPy 'S32' array, straight from the Arrow buffers."""
+    """Each record id (32 hex characters, 128 bits) folded to 64 bits (its halves XORed), from the Arrow buffers."""
     chunks = ids.chunks if isinstance(ids, pa.ChunkedArray) else [ids]
     parts = []
     for chunk in chunks:
@@ -195,10 +204,13 @@ def _id_keys(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
             continue
         offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32, count=n + 1, offset=chunk.offset * 4)
         if offsets[-1] - offsets[0] == 32 * n and chunk.null_count == 0:
-            parts.append(np.frombuffer(chunk.buffers()[2], dtype="S32", count=n, offset=int(offsets[0])))
+            text = np.frombuffer(chunk.buffers()[2], dtype=np.uint8, count=32 * n, offset=int(offsets[0]))
         else:  # not the record-id layout: take the slow, exact way
-            parts.append(np.array([v.encode() for v in chunk.to_pylist()], dtype="S32"))
-    return np.concatenate(parts) if parts else np.empty(0, dtype="S32")
+            text = np.frombuffer(b"".join(v.encode().ljust(32, b"0")[:32] for v in chunk.to_pylist()), np.uint8)
+        nibbles = _NIBBLES[text.reshape(n, 32)]
+        high = (nibbles[:, :16] << _SHIFTS).sum(axis=1, dtype=np.uint64)
+        parts.append(high ^ (nibbles[:, 16:] << _SHIFTS).sum(axis=1, dtype=np.uint64))
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)
 
 
 class _Progress:

@@ -168,7 +168,7 @@ def test_merge_stats_sums_partitions() -> None:
     assert total == {"input_rows": 5, "records": 12, "dead_letters": 1, "skips": 2, "duplicates": 0,
                      "cassandra": {"observations_latest": 12}, "elasticsearch": 12,
                      "max_offsets": {"0": 10, "1": 7}, "cassandra_seconds": 1.25, "normalise_seconds": 0.5,
-                     "elasticsearch_seconds": 0.0}  # fmt: skip
+                     "elasticsearch_seconds": 0.0, "stores_seconds": 0.0}  # fmt: skip
 
 
 def test_nulls_are_unset_not_tombstones() -> None:
@@ -201,3 +201,26 @@ def test_specs_from_the_driver_go_live_without_a_restart() -> None:
     assert changed is not first and live("spf_hosp_copy") is changed
     out = process_messages([env(ROW_75, source="spf_hosp_copy")], live, now=NOW)
     assert set(out.records.column("sex").to_pylist()) == {"everyone"}
+
+
+def test_both_stores_are_written_at_the_same_time_and_a_failure_fails_the_batch() -> None:
+    import time
+
+    from covidflow.normalise.stream_runtime import write_both
+
+    class Slow:
+        def __init__(self, answer, error=None):
+            self.answer, self.error = answer, error
+
+        def write(self, records):
+            time.sleep(0.5)
+            if self.error:
+                raise self.error
+            return self.answer
+
+    started = time.monotonic()
+    (stored, c_s), (indexed, e_s) = write_both(Slow({"observations_latest": 2}), Slow(2), ["r1", "r2"])
+    assert stored == {"observations_latest": 2} and indexed == 2 and c_s >= 0.5 and e_s >= 0.5
+    assert time.monotonic() - started < 0.9  # not 1 s: the writes overlap
+    with pytest.raises(RuntimeError, match="2 Elasticsearch writes failed"):
+        write_both(Slow({}), Slow(0, RuntimeError("2 Elasticsearch writes failed")), ["r1", "r2"])
