@@ -175,53 +175,17 @@ def format_groups(groups: list[Group], total: int) -> str:
 
 def read_letters(bootstrap: str, topic: str = DEADLETTER_TOPIC, timeout: float = 60.0) -> list[dict[str, Any]]:
     """Every committed dead letter on the topic (from the start of its retention to the end offsets now)."""
-    import time
+    from covidflow.publish.topics import read_to_end
 
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
-
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"covidflow-deadletters-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "log_level": 0,
-        }
-    )
     letters: list[dict[str, Any]] = []
-    try:
-        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise KafkaException(f"topic {topic} not found: {meta.error if meta else 'no metadata'}")
-        todo: dict[int, tuple[int, int]] = {}
-        for p in meta.partitions:
-            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if hi > lo:
-                todo[p] = (lo, hi)
-        consumer.assign([TopicPartition(topic, p, lo) for p, (lo, _) in todo.items()])
-        deadline = time.monotonic() + timeout
-        while todo:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}: end offsets not reached in {timeout:.0f} s (left: {todo})")
-            msg = consumer.poll(1.0)
-            if msg is None:
-                for tp in consumer.position([TopicPartition(topic, p) for p in list(todo)]):
-                    if tp.offset >= todo[tp.partition][1]:
-                        del todo[tp.partition]
-                continue
-            if msg.error():
-                raise KafkaException(msg.error())
-            if msg.offset() >= todo.get(msg.partition(), (0, 0))[1] - 1:
-                todo.pop(msg.partition(), None)
-            try:
-                letter = json.loads(msg.value())
-            except (TypeError, ValueError):
-                continue
-            _, millis = msg.timestamp()
-            letter["_timestamp"] = datetime.fromtimestamp(millis / 1000, UTC).isoformat() if millis else ""
-            letters.append(letter)
-    finally:
-        consumer.close()
+    for msg in read_to_end(bootstrap, topic, timeout=timeout):
+        try:
+            letter = json.loads(msg.value())
+        except (TypeError, ValueError):
+            continue
+        _, millis = msg.timestamp()
+        letter["_timestamp"] = datetime.fromtimestamp(millis / 1000, UTC).isoformat() if millis else ""
+        letters.append(letter)
     return letters
 
 

@@ -77,3 +77,64 @@ def ensure_project_topics() -> dict[str, str]:
     from covidflow.publish.config import topics_config
 
     return ensure_topics(KafkaAdminClientHook(kafka_config_id=settings.CONN_KAFKA).get_conn, topics_config())
+
+
+def read_to_end(
+    bootstrap: str,
+    topic: str,
+    start: Mapping[int, int] | None = None,
+    *,
+    isolation: str = "read_committed",
+    timeout: float = 60.0,
+) -> list[Any]:
+    """Every message of ``topic`` from ``start`` (partition -> offset; default: the beginning) up to the end
+    offsets of now, as confluent-kafka ``Message`` objects; raises TimeoutError if the end is not reached.
+
+    Transaction markers take offsets too, so a partition is done once the consumer's position reaches its end
+    (the last message may be a marker that is never delivered). ``read_uncommitted`` also returns the records
+    of aborted transactions. Used by ``covidflow deadletters`` and the tests that read what ingest published.
+    """
+    import time
+    import uuid
+
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"covidflow-read-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "isolation.level": isolation,
+            "log_level": 0,
+        }
+    )
+    messages: list[Any] = []
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise KafkaException(f"topic {topic} not found: {meta.error if meta else 'no metadata'}")
+        todo: dict[int, tuple[int, int]] = {}
+        for p in meta.partitions:
+            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            lo = max(lo, (start or {}).get(p, lo))
+            if hi > lo:
+                todo[p] = (lo, hi)
+        consumer.assign([TopicPartition(topic, p, lo) for p, (lo, _) in todo.items()])
+        deadline = time.monotonic() + timeout
+        while todo:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: end offsets not reached in {timeout:.0f} s (left: {todo})")
+            msg = consumer.poll(1.0)
+            if msg is None:
+                for tp in consumer.position([TopicPartition(topic, p) for p in list(todo)]):
+                    if tp.offset >= todo[tp.partition][1]:
+                        del todo[tp.partition]
+                continue
+            if msg.error():
+                raise KafkaException(msg.error())
+            if msg.offset() >= todo.get(msg.partition(), (0, 0))[1] - 1:
+                todo.pop(msg.partition(), None)
+            messages.append(msg)
+    finally:
+        consumer.close()
+    return messages

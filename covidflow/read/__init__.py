@@ -75,13 +75,18 @@ def open_records(path: Path | str, fmt: str, options: Mapping[str, Any]) -> Iter
     """Open a local file and read its records; the file is closed when the iterator ends or is dropped."""
     name = str(path)
     reader = _reader(fmt, options or {}, name)
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed by the generator below
-    except FileNotFoundError:
-        raise ReaderError(name, "file not found") from None
-    except OSError as exc:
-        raise ReaderError(name, f"cannot open: {exc.strerror or exc}") from None
+    handle = open_local(path)
     return _closing(handle, reader(handle, options or {}, name))
+
+
+def open_local(path: Path | str) -> BinaryIO:
+    """A local file opened for a reader; a missing or unreadable file is a ReaderError naming it."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise ReaderError(str(path), "file not found") from None
+    except OSError as exc:
+        raise ReaderError(str(path), f"cannot open: {exc.strerror or exc}") from None
 
 
 def _closing(handle: BinaryIO, records: Iterator[RawRecord | RawReject]) -> Iterator[RawRecord | RawReject]:

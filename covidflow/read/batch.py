@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from covidflow.read import _reader, read_records
+from covidflow.read import _reader, open_local, read_records
 from covidflow.read.base import RawRecord, RawReject, ReaderError
 from covidflow.read.delimited import read_csv_blocks
 
@@ -189,12 +189,7 @@ def open_batches(
 ) -> Iterator[pa.RecordBatch | list[RawRecord] | RawReject]:
     """``read_batches`` of a local file (``sources preview``); the file is closed when the iterator ends."""
     name = str(path)
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed by the generator below
-    except FileNotFoundError:
-        raise ReaderError(name, "file not found") from None
-    except OSError as exc:
-        raise ReaderError(name, f"cannot open: {exc.strerror or exc}") from None
+    handle = open_local(path)
 
     def chunks() -> Iterator[pa.RecordBatch | list[RawRecord] | RawReject]:
         with handle:

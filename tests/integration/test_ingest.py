@@ -31,7 +31,7 @@ import covidflow
 from covidflow import settings
 from covidflow.publish.config import CONFIG_DIR, topics_config
 from covidflow.publish.envelope import DEADLETTER_TOPIC, RAW_TOPIC
-from covidflow.publish.topics import ensure_topics
+from covidflow.publish.topics import ensure_topics, read_to_end
 
 pytestmark = pytest.mark.integration
 
@@ -115,38 +115,11 @@ def consume_since(
 ) -> list[dict[str, Any]]:
     """Committed messages of ``bucket``'s objects written after ``start`` (read_committed, up to the end);
     ``isolation="read_uncommitted"`` also returns the records of aborted transactions."""
-    end = end_offsets(topic)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.KAFKA_BOOTSTRAP,
-            "group.id": f"it-ingest-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "isolation.level": isolation,
-        }
-    )
-    todo = {p: (start.get(p, 0), hi) for p, hi in end.items() if hi > start.get(p, 0)}
     out: list[dict[str, Any]] = []
-    try:
-        consumer.assign([TopicPartition(topic, p, lo) for p, (lo, _) in todo.items()])
-        deadline = time.monotonic() + 60
-        while todo and time.monotonic() < deadline:
-            msg = consumer.poll(1.0)
-            if msg is None:
-                # Transaction markers take offsets too: stop a partition once its position reaches the end.
-                for tp in consumer.position([TopicPartition(topic, p) for p in list(todo)]):
-                    if tp.offset >= todo[tp.partition][1]:
-                        del todo[tp.partition]
-                continue
-            if msg.error():
-                raise KafkaException(msg.error())
-            if msg.offset() >= todo.get(msg.partition(), (0, 0))[1] - 1:
-                todo.pop(msg.partition(), None)
-            value = json.loads(msg.value())
-            if value["object"]["bucket"] == bucket:
-                out.append({"key": msg.key(), "value": value, "headers": dict(msg.headers() or [])})
-    finally:
-        consumer.close()
-    assert not todo, f"did not reach the end offsets of {topic}: {todo}"
+    for msg in read_to_end(settings.KAFKA_BOOTSTRAP, topic, start, isolation=isolation):
+        value = json.loads(msg.value())
+        if value["object"]["bucket"] == bucket:
+            out.append({"key": msg.key(), "value": value, "headers": dict(msg.headers() or [])})
     return out
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 import covidflow
 from covidflow import settings
@@ -29,6 +29,7 @@ from covidflow.catalog.specs import find_spec
 from covidflow.land.manifest import S3Manifest
 from covidflow.land.objects import LandedObject
 from covidflow.publish.envelope import DEADLETTER_TOPIC, RAW_TOPIC, DeadLetter, ObjectRef
+from covidflow.publish.topics import read_to_end
 from covidflow.stack.airflow_api import AirflowClient
 from covidflow.stack.connections import airflow_conn_env, env_var
 from covidflow.stack.home import StackHome
@@ -69,38 +70,8 @@ def end_offsets(topic: str) -> dict[int, int]:
 
 def messages_since(topic: str, start: dict[int, int], bucket: str) -> list[dict[str, Any]]:
     """Committed values about ``bucket``'s objects written after ``start``."""
-    end = end_offsets(topic)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.KAFKA_BOOTSTRAP,
-            "group.id": f"it-ops-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
-    todo = {p: (start.get(p, 0), hi) for p, hi in end.items() if hi > start.get(p, 0)}
-    out: list[dict[str, Any]] = []
-    try:
-        consumer.assign([TopicPartition(topic, p, lo) for p, (lo, _) in todo.items()])
-        deadline = time.monotonic() + 60
-        while todo and time.monotonic() < deadline:
-            msg = consumer.poll(1.0)
-            if msg is None:
-                for tp in consumer.position([TopicPartition(topic, p) for p in list(todo)]):
-                    if tp.offset >= todo[tp.partition][1]:
-                        del todo[tp.partition]
-                continue
-            if msg.error():
-                raise KafkaException(msg.error())
-            if msg.offset() >= todo.get(msg.partition(), (0, 0))[1] - 1:
-                todo.pop(msg.partition(), None)
-            value = json.loads(msg.value())
-            if value["object"]["bucket"] == bucket:
-                out.append(value)
-    finally:
-        consumer.close()
-    assert not todo, f"did not reach the end offsets of {topic}: {todo}"
-    return out
+    values = [json.loads(msg.value()) for msg in read_to_end(settings.KAFKA_BOOTSTRAP, topic, start)]
+    return [value for value in values if value["object"]["bucket"] == bucket]
 
 
 def cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
