@@ -97,7 +97,8 @@ def expected_records(files: list[tuple[str, Path]], vintage: datetime) -> dict[s
         envs = [
             e for e in envelopes_for_file(find_spec(source_id), path, vintage=vintage) if not isinstance(e, RawReject)
         ]
-        out.update(process_messages([e.to_json() for e in envs], cache).records)
+        table = process_messages([e.to_json() for e in envs], cache).records  # Arrow, as the stream writes it
+        out.update((r["record_id"], r) for r in table.to_pylist())
     return out
 
 
