@@ -305,13 +305,15 @@ def test_kafka_killed_inside_a_transaction_commits_nothing_and_the_retry_publish
                                producer=attempt, flush_timeout=20, commit_timeout=20)  # fmt: skip
 
     def killing_broker_at(index: int) -> Any:
+        # One-record chunks: the publisher produces a chunk as it comes (single records it would group by 4,096,
+        # and this object is smaller), so the first half is in the broker's log when the broker is killed.
         for record in read_records(io.BytesIO(data), "csv", spec.get("reader") or {}, name=KEY):
             if record.index == index:
                 time.sleep(0.5)  # let the first half reach the broker's log, inside the open transaction
                 pid = read_pid(StackHome.from_env(), "kafka")
                 assert pid is not None, "Kafka is not running"
                 os.killpg(pid, signal.SIGKILL)
-            yield record
+            yield [record]
 
     start = end_offsets(RAW_TOPIC)
     try:
