@@ -84,20 +84,21 @@ def query_cassandra(
 ) -> list[dict[str, Any]]:
     """Latest: observations_latest (newest vintage wins by write time). As of: per source, the newest
     vintage <= as_of (vintages_by_source) whose observations_by_vintage partition has this series."""
-    from cassandra.query import dict_factory
-
     from covidflow.catalog.schema import load_schema
     from covidflow.store.cassandra_writer import session
 
     ks = load_schema().cassandra["keyspace"]
-    sess = session()
-    sess.row_factory = dict_factory
+    sess = session()  # shared by the process: its row factory is left alone (rows are named tuples)
+
+    def dicts(rows: Any) -> list[dict[str, Any]]:
+        return [row._asdict() for row in rows]
+
     where, params = "location_key = %s AND metric = %s", [location, metric]
     if start:
         where, params = where + " AND date >= %s", [*params, start]
     if end:
         where, params = where + " AND date <= %s", [*params, end]
-    latest = list(sess.execute(f"SELECT * FROM {ks}.observations_latest WHERE {where}", params))
+    latest = dicts(sess.execute(f"SELECT * FROM {ks}.observations_latest WHERE {where}", params))
     if as_of is None:
         return newest_per_key(latest)
     out: list[dict[str, Any]] = []
@@ -106,8 +107,8 @@ def query_cassandra(
             f"SELECT vintage FROM {ks}.vintages_by_source WHERE source_id = %s AND vintage <= %s LIMIT %s",
             [source, as_of, MAX_VINTAGES_TRIED],
         )
-        for v in dict.fromkeys(r["vintage"] for r in vintages):
-            rows = list(sess.execute(
+        for v in dict.fromkeys(r.vintage for r in vintages):
+            rows = dicts(sess.execute(
                 f"SELECT * FROM {ks}.observations_by_vintage WHERE source_id = %s AND vintage = %s AND {where}",
                 [source, v, *params],
             ))  # fmt: skip

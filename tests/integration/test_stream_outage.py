@@ -113,6 +113,13 @@ def test_stream_stalls_during_store_outage_and_catches_up(tmp_path: Path) -> Non
         "COVIDFLOW_STREAM_CASSANDRA_PORT": str(cass.port),
         "COVIDFLOW_ELASTICSEARCH_URL": f"http://127.0.0.1:{es.port}",
     }
+    from confluent_kafka.admin import AdminClient
+
+    from covidflow.publish.topics import ensure_topics
+
+    private = {raw_topic: {"partitions": 2, "replication_factor": 1},
+               env["COVIDFLOW_STREAM_DEADLETTER_TOPIC"]: {"partitions": 2, "replication_factor": 1}}  # fmt: skip
+    ensure_topics(AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP}), private)  # the job never creates them
     master = settings.SPARK_MASTER if fetch_master_status() else "local[2]"
     job_args = ["--app-name", "covidflow-normalise-outage"]
     cmd = spark_submit_command(master, job_args, bundle=build_bundle(tmp_path / "b.zip"), jars=kafka_connector_jars())
