@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
+from test_ingest import end_offsets  # one helper for the raw topic's end offsets
 
 import covidflow
 from covidflow import settings
@@ -57,15 +58,6 @@ def client() -> AirflowClient:
 
 def unique_key() -> str:
     return f"{PREFIX}WHO-COVID-19-global-data-it-{uuid.uuid4().hex[:8]}.csv"
-
-
-def end_offsets(topic: str) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": settings.KAFKA_BOOTSTRAP, "group.id": "it-ops-offsets"})
-    try:
-        meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions}
-    finally:
-        consumer.close()
 
 
 def messages_since(topic: str, start: dict[int, int], bucket: str) -> list[dict[str, Any]]:
