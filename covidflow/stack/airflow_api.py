@@ -80,6 +80,33 @@ class AirflowClient:
                 raise AirflowApiError(f"DAGs not parsed after {timeout:.0f} s: {', '.join(missing)}")
             time.sleep(3)
 
+    def retire_dag(self, dag_id: str, timeout: float = 120) -> None:
+        """Pause ``dag_id``, fail its unfinished runs, wait until none of its tasks runs, then delete it.
+
+        Deleting a DAG whose run the scheduler is examining crashes Airflow 3's scheduler loop (ObjectDeletedError),
+        and with a long-running task (the stream) it then waits forever: a continuous ingest DAG always has such a
+        run. Paused DAGs' runs are not examined, so pausing and failing them first makes the delete safe.
+        """
+        dag = f"/api/v2/dags/{dag_id}"
+        if request("GET", dag, token=self.token, timeout=30)[0] == 404:
+            return
+        self.call("PATCH", dag, {"is_paused": True})
+        for state in ("running", "queued"):
+            for run in self.call("GET", f"{dag}/dagRuns?state={state}&limit=100")["dag_runs"]:
+                url = f"{dag}/dagRuns/{urllib.parse.quote(run['dag_run_id'])}"
+                self.call("PATCH", url, {"state": "failed"}, ok=(200, 404, 409))
+        deadline = time.monotonic() + timeout
+        busy = ("running", "queued", "scheduled", "deferred", "up_for_retry", "restarting")
+        while True:
+            tis = self.call("GET", f"{dag}/dagRuns/~/taskInstances?limit=1000")["task_instances"]
+            if not any(t["state"] in busy for t in tis):
+                break
+            if time.monotonic() > deadline:
+                raise AirflowApiError(f"{dag_id}: tasks still busy after {timeout:.0f} s; not deleting it")
+            time.sleep(2)
+        time.sleep(5)  # a scheduler loop that had selected a run before the pause finishes with it
+        self.call("DELETE", dag, ok=(204, 404), patience=60)
+
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
         """Unpause ``dag_id`` and start a run now; returns the run id."""
         dag = f"/api/v2/dags/{dag_id}"

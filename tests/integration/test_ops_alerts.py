@@ -31,7 +31,7 @@ from aiosmtpd.controller import Controller
 
 from covidflow import settings
 from covidflow.ops.callbacks import SMTP_CONN_ID, WEBHOOK_CONN_ID
-from covidflow.stack.airflow_api import AirflowApiError, AirflowClient
+from covidflow.stack.airflow_api import AirflowClient
 from covidflow.stack.airflow_api import request as _request
 from covidflow.stack.home import StackHome
 from covidflow.stack.services.airflow import airflow_home, scratch_dags_folder
@@ -206,10 +206,7 @@ def test_dags(client: AirflowClient) -> Iterator[None]:
     finally:
         DAG_FILE.unlink(missing_ok=True)
         for dag_id in (FAIL_DAG, SLOW_DAG):
-            try:  # 409 while a task still runs; then the stale DAG is only hidden, not deleted
-                client.call("DELETE", f"/api/v2/dags/{dag_id}", ok=(204, 404), patience=120)
-            except AirflowApiError as exc:
-                print(f"could not delete {dag_id}: {exc}")
+            client.retire_dag(dag_id)
         logs = airflow_home(StackHome.from_env()) / "logs"  # task and parse logs of these DAGs only
         for folder in (logs / f"dag_id={FAIL_DAG}", logs / f"dag_id={SLOW_DAG}"):
             shutil.rmtree(folder, ignore_errors=True)
