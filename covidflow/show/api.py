@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
 from covidflow import PROJECT_ROOT, settings
 from covidflow.catalog.locations import LocationRegistry, load_registry
@@ -427,10 +427,13 @@ def create_app(
     client_factory: Callable[[], Any] | None = None,
     static_dir: Path | None = None,
     report_index: str | None = None,
+    login_required: bool = False,
 ) -> FastAPI:
     """The dashboard app: the API, plus the page and its assets when ``static_dir`` is given (the plugin).
 
     ``report_index`` is where the freshness and quality DAGs write (include/config/freshness.yaml by default).
+    ``login_required`` puts Airflow's login in front of the API and the page (covidflow.show.auth); the plugin
+    always sets it. Without it (tests that call the app in-process, outside an api-server) nothing is checked.
     """
     app = FastAPI(
         title="covidflow dashboard API",
@@ -451,13 +454,27 @@ def create_app(
         log.exception("dashboard error")
         return JSONResponse({"detail": "internal error; see the api-server log"}, status_code=500)
 
-    app.include_router(router)
+    dependencies: list[Any] = []
+    page_dependencies: list[Any] = []
+    if login_required:
+        from covidflow.show import auth
+
+        dependencies = auth.api_dependencies()
+        page_dependencies = [Depends(auth.page_user)]
+
+        @app.exception_handler(auth.LoginRequired)
+        def _login(_: Request, exc: auth.LoginRequired) -> RedirectResponse:
+            return RedirectResponse(exc.login_url, status_code=307)
+
+    app.include_router(router, dependencies=dependencies)
     if static_dir is not None:
         from fastapi.staticfiles import StaticFiles
 
         app.mount("/static", StaticFiles(directory=static_dir), name="static")
 
-        @app.get("/", include_in_schema=False)
+        # The assets (app.js, style.css, vendored libraries) are the repository's public code and stay
+        # anonymous; the page and every figure need the login.
+        @app.get("/", include_in_schema=False, dependencies=page_dependencies)
         def page() -> FileResponse:
             return FileResponse(static_dir / "index.html", headers={"Cache-Control": "no-cache"})
 

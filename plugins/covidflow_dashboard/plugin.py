@@ -2,6 +2,10 @@
 
 Only registration lives here; the API is covidflow.show.api (unit-tested outside Airflow). Importing this
 file builds the app but opens no connection: Elasticsearch is reached on the first request.
+
+Airflow does not authenticate a plugin's FastAPI app (a mount inherits none of the core API's dependencies),
+so the app is built with ``login_required=True``: the page and the API need the Airflow UI's login
+(covidflow.show.auth). tests/unit/test_dashboard_auth.py checks this very app.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ class CovidflowDashboardPlugin(AirflowPlugin):
     name = "covidflow_dashboard"
     fastapi_apps: ClassVar[list[dict[str, Any]]] = [
         {
-            "app": create_app(static_dir=Path(__file__).parent / "static"),
+            "app": create_app(static_dir=Path(__file__).parent / "static", login_required=True),
             "url_prefix": URL_PREFIX,
             "name": "covidflow dashboard",
         }

@@ -13,7 +13,8 @@ async function api(path, params) {
   for (const [k, v] of Object.entries(params || {})) {
     for (const one of [].concat(v)) if (one !== "" && one != null) qs.append(k, one);
   }
-  const resp = await fetch(`api/${path}?${qs}`);
+  const resp = await fetch(`api/${path}?${qs}`);  // same origin: the Airflow UI's login cookie goes along
+  if (resp.status === 401) throw new Error("not logged in to Airflow (or the login expired): reload the page to log in");
   const body = await resp.json();
   if (!resp.ok) throw new Error(body.detail || resp.statusText);
   return body;
