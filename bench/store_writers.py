@@ -73,6 +73,7 @@ def cassandra_phase(name: str, records: list[dict], keyspace: str, batch: int) -
     from cassandra.concurrent import execute_concurrent_with_args
 
     from covidflow.store.cassandra_writer import (
+        TIMESTAMP_MARKER,
         CassandraWriter,
         _unset_nulls,
         cassandra_values,
@@ -91,7 +92,7 @@ def cassandra_phase(name: str, records: list[dict], keyspace: str, batch: int) -
         return rows, time.perf_counter() - start
 
     def params(table: str, cols: list[str], part: list[dict]) -> list[tuple]:
-        if table == "observations_latest":
+        if writer.tables[table]["bound"][-1] == TIMESTAMP_MARKER:  # written USING TIMESTAMP <write version>
             rows = [(*cassandra_values(r, cols), write_timestamp(r)) for r in part]
         elif table == "vintages_by_source":
             rows = vintage_rows(part, cols)

@@ -44,9 +44,18 @@ def envelopes_for_file(
 
 
 def publish_file(
-    producer: object, spec: SourceSpec, path: Path, *, vintage: datetime, topic: str = RAW_TOPIC
+    producer: object,
+    spec: SourceSpec,
+    path: Path,
+    *,
+    vintage: datetime,
+    topic: str = RAW_TOPIC,
+    published_at: datetime | None = None,
 ) -> Published:
-    """Produce every envelope of ``path`` and wait for all deliveries (raises if one failed)."""
+    """Produce every envelope of ``path`` and wait for all deliveries (raises if one failed).
+
+    ``published_at`` (the records' ``ingested_at``) defaults to the vintage; a later one is a re-publish.
+    """
     out = Published()
     errors: list[str] = []
 
@@ -54,7 +63,8 @@ def publish_file(
         if err is not None:
             errors.append(str(err))
 
-    for env in envelopes_for_file(spec, path, vintage=vintage, published_at=vintage.astimezone(UTC)):
+    published = (published_at or vintage).astimezone(UTC)
+    for env in envelopes_for_file(spec, path, vintage=vintage, published_at=published):
         if isinstance(env, RawReject):
             out.reader_rejects += 1
             continue

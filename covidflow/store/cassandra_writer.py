@@ -4,9 +4,11 @@ Rows are grouped by partition key into UNLOGGED batches (one partition per batch
 sent ``CONCURRENCY`` at a time with ``execute_async`` through a token-aware session: a single-partition batch
 is one mutation on one replica, so Cassandra applies it as cheaply as one row and the client pays one round
 trip per batch instead of one per row (docs/decisions/0009). Deterministic primary keys make a replayed
-batch rewrite the same cells; observations_latest is written ``USING TIMESTAMP <vintage µs>`` per row, so
-the newest vintage wins regardless of arrival order, inside a batch too. Input is a list of canonical
-record dicts or a ``pyarrow.Table`` of ``arrow_schema()``; both are turned into bind tuples column-wise.
+batch rewrite the same cells. The record tables are written ``USING TIMESTAMP <write version>`` per row
+(``catalog.schema.write_version``): the newest vintage wins, then the latest ingest of that vintage (a corrected
+file re-uploaded under the same name), regardless of arrival order, inside a batch too (docs/decisions/0018).
+Input is a list of canonical record dicts or a ``pyarrow.Table`` of ``arrow_schema()``; both are turned into
+bind tuples column-wise.
 """
 
 from __future__ import annotations
@@ -16,12 +18,11 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import Any
 
 from covidflow import settings
-from covidflow.catalog.schema import ObservationSchema, arrow_schema, load_schema
+from covidflow.catalog.schema import ObservationSchema, arrow_schema, load_schema, write_version, write_versions
 from covidflow.store.cassandra_schema import generate_cql, statements
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,6 @@ SLICE_ROWS = 100_000
 LATEST_TABLE = "observations_latest"
 TIMESTAMP_MARKER = "[timestamp]"  # the driver's name for the ``USING TIMESTAMP ?`` bind marker
 PROTOCOL_VERSION = 5
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_US = timedelta(microseconds=1)
 _SESSIONS: dict[tuple[str, int], Any] = {}
 
 
@@ -99,11 +98,8 @@ def ensure_schema(sess: Any, replication: dict[str, str | int] | None = None, *,
 
 
 def write_timestamp(record: dict[str, Any]) -> int:
-    """Cassandra write time (µs) = vintage: in observations_latest a newer vintage always wins, and a late
-    replay of an old vintage can never overwrite it (see docs/decisions/0002). Exact integer arithmetic, so
-    a record dict and its Arrow row (timestamp[us] cast to int64) get the same write time."""
-    vintage: datetime = record["vintage"]
-    return (vintage - _EPOCH) // _ONE_US
+    """Cassandra write time of a record's rows in the versioned tables: its write version (docs/decisions/0018)."""
+    return write_version(record["vintage"], record["ingested_at"])
 
 
 def cassandra_values(record: dict[str, Any], columns: list[str]) -> tuple[Any, ...]:
@@ -188,23 +184,23 @@ def partition_batches(
 class _Columns:
     """One slice of records as Python lists per canonical field (nulls as None), built without a dict per record."""
 
-    def __init__(self, names: list[str], columns: list[list[Any]], vintage_us: list[int]) -> None:
+    def __init__(self, names: list[str], columns: list[list[Any]], versions: list[int]) -> None:
         self.by_name = dict(zip(names, columns, strict=True))
-        self.vintage_us = vintage_us
+        self.versions = versions
 
     @classmethod
     def from_records(cls, records: list[dict[str, Any]], names: list[str]) -> _Columns:
         columns = [[r[name] for r in records] for name in names]
-        vintages = columns[names.index("vintage")]
-        us = {v: (v - _EPOCH) // _ONE_US for v in set(vintages)}  # few distinct vintages per batch
-        return cls(names, columns, [us[v] for v in vintages])
+        pairs = list(zip(columns[names.index("vintage")], columns[names.index("ingested_at")], strict=True))
+        versions = {pair: write_version(*pair) for pair in set(pairs)}  # few distinct pairs per batch
+        return cls(names, columns, [versions[pair] for pair in pairs])
 
     def bind_values(self, name: str) -> list[Any]:
         """What the driver binds for column ``name``: a point as (lat, lon) for the UDT, nulls unset."""
         from cassandra.query import UNSET_VALUE
 
         if name == TIMESTAMP_MARKER:
-            return self.vintage_us
+            return self.versions
         values = self.by_name[name]
         if name == "location_point":
             return [UNSET_VALUE if p is None else (p["lat"], p["lon"]) for p in values]
@@ -233,15 +229,15 @@ class _ArrowColumns(_Columns):
         return [UNSET_VALUE if p is None else (p["lat"], p["lon"]) for p in self.table.column(name).to_pylist()]
 
     def encoded(self, name: str, cql_type: Any, protocol_version: int) -> tuple[list[Any], list[int]]:
-        import pyarrow as pa
         import pyarrow.compute as pc
         from cassandra.query import UNSET_VALUE
 
         if name == "location_point":
             return super().encoded(name, cql_type, protocol_version)
-        column = self.table.column("vintage" if name == TIMESTAMP_MARKER else name).combine_chunks()
         if name == TIMESTAMP_MARKER:
-            column = pc.cast(column, pa.int64())  # timestamp[us, UTC] -> µs since the epoch, exactly
+            column = write_versions(self.table).combine_chunks()
+        else:
+            column = self.table.column(name).combine_chunks()
         dictionary = column.dictionary_encode()
         codes, lengths = encode_column(dictionary.dictionary.to_pylist(), cql_type, protocol_version)
         codes.append(UNSET_VALUE)  # a null (nullable columns only; checked by canonical_table) is left unset
@@ -302,11 +298,11 @@ class CassandraWriter:
         for table in self.schema.cassandra["tables"]:
             cols = self.schema.field_names if table["columns"] == "all" else list(table["columns"])
             marks = ", ".join("?" for _ in cols)
-            latest = table["name"] == LATEST_TABLE
-            using = " USING TIMESTAMP ?" if latest else ""
+            versioned = table.get("write_time") == "version"
+            using = " USING TIMESTAMP ?" if versioned else ""
             cql = f"INSERT INTO {self.keyspace}.{table['name']} ({', '.join(cols)}) VALUES ({marks}){using}"
             prepared = sess.prepare(cql)
-            bound = [*cols, TIMESTAMP_MARKER] if latest else cols
+            bound = [*cols, TIMESTAMP_MARKER] if versioned else cols
             self.tables[table["name"]] = {
                 "statement": prepared,
                 "columns": cols,

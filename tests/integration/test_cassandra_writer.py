@@ -126,7 +126,7 @@ def test_every_table_holds_exactly_the_records(keyspace: tuple[Any, str], record
     assert read_table(sess, ks, "observations_by_vintage", records) == want
     assert read_table(sess, ks, "observations_latest", records) == want
     assert any(r["location_point"] for r in want.values()) and any(r["location_parent_key"] for r in want.values())
-    for r in records[::97]:  # the write time of the latest row is the vintage, to the microsecond
+    for r in records[::97]:  # the write time of the latest row is the record's write version, exactly
         assert latest_writetime(sess, ks, r) == (r["value"], write_timestamp(r))
     columns = ["source_id", "vintage", "vintage_basis", "source_object_key", "source_object_version", "ingested_at"]
     stored = sess.execute(f"SELECT {', '.join(columns)} FROM {ks}.vintages_by_source", timeout=60)
@@ -170,6 +170,27 @@ def test_the_newest_vintage_wins_in_latest_whatever_the_order(keyspace: tuple[An
     assert sorted(v["value"] for v in latest.values()) == sorted(r["value"] for r in newer)
 
 
+def test_a_same_vintage_correction_wins_in_both_record_tables_whatever_the_order(
+    keyspace: tuple[Any, str], records: list[dict]
+) -> None:
+    """A corrected file re-uploaded under the same name keeps its vintage and record ids: the later ingest must win
+    even when it lowers the value (with the vintage as write time, Cassandra kept the larger value on the tie)."""
+    sess, ks = keyspace
+    clear(sess, ks)
+    writer = CassandraWriter(sess, keyspace=ks, retry_for=30)
+    first = records[:200]
+    later = first[0]["ingested_at"] + timedelta(minutes=5)
+    corrected = [{**r, "value": r["value"] - 1.0, "ingested_at": later} for r in first]  # same ids, lower values
+    assert [r["record_id"] for r in at_vintage(corrected, V1)] == [r["record_id"] for r in first]
+    want = {r["record_id"]: r["value"] for r in corrected}
+    for order in ([first, corrected], [corrected, first]):  # in order, then the original replayed late
+        for part in order:
+            writer.write(to_arrow(part))
+        for table in ("observations_latest", "observations_by_vintage"):
+            assert {k: v["value"] for k, v in read_table(sess, ks, table, first).items()} == want, (table, order)
+    assert latest_writetime(sess, ks, corrected[0]) == (corrected[0]["value"], write_timestamp(corrected[0]))
+
+
 def test_a_null_is_left_unset_not_written_as_a_tombstone(keyspace: tuple[Any, str], records: list[dict]) -> None:
     sess, ks = keyspace
     clear(sess, ks)
@@ -198,8 +219,7 @@ def test_bind_values_are_the_bytes_the_driver_binds(keyspace: tuple[Any, str], r
         rows, sizes = writer.encode(table, cols, encoded)
         for r, row, size in zip(records, rows, sizes, strict=True):
             values = cassandra_values(r, columns)
-            if table == "observations_latest":
-                values = (*values, write_timestamp(r))
+            values = (*values, write_timestamp(r))  # both record tables are written USING TIMESTAMP
             bound = stmt.bind(tuple(UNSET_VALUE if v is None else v for v in values)).values
             assert list(row) == list(bound)
             assert size == sum(len(v) for v in bound if isinstance(v, bytes))

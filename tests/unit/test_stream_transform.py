@@ -139,7 +139,8 @@ def test_store_shapes(cache: NormaliserCache) -> None:
     cols = ["record_id", "location_point", "date", "value"]
     assert cassandra_values(record, cols) == (record["record_id"], None, date(2020, 4, 1), record["value"])
     assert cassandra_values({**record, "location_point": {"lat": 1.5, "lon": 2.5}}, cols)[1] == (1.5, 2.5)
-    assert write_timestamp(record) == 1768464000000000  # 2026-01-15T08:00:00Z in µs
+    # (vintage 2026-01-15T08:00:00Z, ingested 08:05:00Z) as seconds since 2000, packed 31 | 32 bits
+    assert write_timestamp(record) == (821_779_200 << 32) + 821_779_500
     (action,) = es_actions([record], "covid-observations")
     assert action["_id"] == record["record_id"] and action["_index"] == "covid-observations"
     assert action["_source"]["date"] == "2020-04-01"
