@@ -13,16 +13,19 @@ from covidflow.ops.callbacks import dag_defaults, on_failure
 DOC = """
 ### covidflow Elasticsearch rebuild from Cassandra
 
-Reads the Cassandra table the index mirrors (`rebuild.source_table` in `include/config/maintenance.yaml`,
-default `observations_latest`) page by page and bulk-writes every row through the write alias with
-`_id = record_id`, so a second run overwrites instead of duplicating. Progress (rows, rate) is logged
-every page; the run **fails** unless the alias ends with exactly as many documents as distinct record ids read.
+Reads `observations_by_vintage` (`rebuild.source_table` in `include/config/maintenance.yaml`): like the
+index it holds every vintage of every record (`_id = record_id`, and the id includes the vintage), while
+`observations_latest` keeps only the newest vintage. The table is read one token range after the other, each
+paged; rows are written through the stream's `EsWriter`, so the documents are the stream's and an id held by
+an older index of a rolled-over alias is overwritten there. A second run overwrites instead of duplicating.
+Progress (rows read, documents written, token range, rate) is logged every `rebuild.progress_every` rows; the
+run **fails** unless the alias ends with exactly as many documents as rows read (one row per record id).
 
 - `prepare`: installs the schema's template; creates `<alias>-000001` with the write alias if the alias is missing.
-- `rebuild`: paged CQL read -> bulk index, then refresh and count check.
+- `rebuild`: token-range CQL scan -> EsWriter, then refresh and count check.
 
-Params: `alias`, `keyspace`, `source_table`. Meant for an empty or lost index; on a rolled-over alias a
-record already in an older index would be written again to the write index (see docs/maintenance.md).
+Params: `alias`, `keyspace`, `source_table`. Run it while the stream is stopped, or the count check may see
+documents the stream wrote meanwhile.
 """
 
 
@@ -66,60 +69,33 @@ def covidflow_es_rebuild() -> None:
 
     @task
     def rebuild(alias: str) -> dict[str, Any]:
-        import time
-
         from airflow.providers.apache.cassandra.hooks.cassandra import CassandraHook
         from airflow.sdk.exceptions import AirflowFailException
-        from cassandra.query import SimpleStatement, dict_factory
-        from elasticsearch import helpers
 
-        from covidflow.catalog.schema import load_schema
         from covidflow.index import maintenance as m
+        from covidflow.index.rebuild import rebuild as rebuild_from
 
         cfg, params = _cfg()
         rb = cfg["elasticsearch"]["rebuild"]
         keyspace = params.get("keyspace") or cfg["cassandra"]["keyspace"]
         table = params.get("source_table") or rb["source_table"]
-        schema = load_schema()
         es = m.client(settings.CONN_ELASTICSEARCH)
         hook = CassandraHook(cassandra_conn_id=settings.CONN_CASSANDRA)
         try:
-            session = hook.get_conn()
-            session.row_factory = dict_factory
-            live_columns = set(session.cluster.metadata.keyspaces[keyspace].tables[table].columns)
-            columns = [f for f in schema.field_names if f in live_columns]
-            if "record_id" not in columns:
-                raise AirflowFailException(
-                    f"{keyspace}.{table} has no record_id column: cannot rebuild with stable ids"
-                )
-            query = SimpleStatement(f"SELECT {', '.join(columns)} FROM {keyspace}.{table}", fetch_size=rb["page_size"])
-            started, read, ids = time.monotonic(), 0, set()
-
-            def actions():
-                nonlocal read
-                for row in session.execute(query, timeout=120):
-                    read += 1
-                    ids.add(row["record_id"])
-                    if read % rb["page_size"] == 0:
-                        rate = read / max(time.monotonic() - started, 1e-6)
-                        print(f"rebuild {keyspace}.{table} -> {alias}: {read} rows read ({rate:.0f} rows/s)")
-                    yield {"_op_type": "index", "_index": alias, "_id": row["record_id"],
-                           "_source": m.row_to_doc(row, columns)}  # fmt: skip
-
-            written, errors = helpers.bulk(es, actions(), chunk_size=rb["batch_size"], max_retries=3, stats_only=True)
+            result = rebuild_from(hook.get_conn(), es, keyspace, alias, table=table, ranges=rb["token_ranges"],
+                                  page_size=rb["page_size"], batch_size=rb["batch_size"],
+                                  progress_every=rb["progress_every"])  # fmt: skip
         finally:
             hook.shutdown_cluster()
         es.indices.refresh(index=alias)
         count = es.count(index=alias)["count"]
-        elapsed = time.monotonic() - started
-        print(f"rebuild done: {read} rows read, {len(ids)} distinct record ids, {written} written, {errors} errors, "
-              f"{count} documents behind {alias!r}, {elapsed:.1f} s")  # fmt: skip
-        if errors or count != len(ids):
+        print(f"rebuild check: {result['rows']} rows of {keyspace}.{table} (one per record id), {count} documents "
+              f"behind {alias!r}")  # fmt: skip
+        if count != result["rows"]:
             raise AirflowFailException(
-                f"rebuild of {alias!r} from {keyspace}.{table}: {count} documents for {len(ids)} record ids "
-                f"({errors} bulk errors)"
+                f"rebuild of {alias!r} from {keyspace}.{table}: {count} documents for {result['rows']} record ids"
             )
-        return {"keyspace": keyspace, "table": table, "alias": alias, "rows": read, "documents": count}
+        return {"keyspace": keyspace, "table": table, "alias": alias, "rows": result["rows"], "documents": count}
 
     rebuild(prepare())
 
