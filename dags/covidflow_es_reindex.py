@@ -18,13 +18,18 @@ Run by hand after `observation.yaml` changes version. Steps, each idempotent so 
 - `cleanup`: deletes indices retired by an earlier reindex once their grace period is over.
 - `plan`: target index `<alias>-v<version>-000001`; sources = every other index behind the alias.
 - `switch_writes`: installs the schema's template, creates the target, then **one `_aliases` call** makes it
-  the write index: documents written from now on land there.
-- `copy`: server-side `_reindex` when every node has the `reindex` module, else client-side scan + bulk
-  (the log says `COPY PATH: ...`); both `op_type=create`, so a document written after the switch wins.
-- `verify`: every source id is in the target (nothing lost), counts, and a sample compared field by field;
-  **fails** otherwise.
-- `swap`: **one `_aliases` call**: the alias leaves the old indices and stays on the target as write
-  index; the old indices get a `covidflow_retired_at` mark in their mapping `_meta`.
+  the write index: new ids land there. The stream's `EsWriter` still writes ids an old index holds into
+  that old index (a replay or correction overwrites in place), so the old indices keep changing.
+- `copy`: stores per-shard `_seq_no` marks of the old indices in the target's `_meta`, copies a snapshot
+  (server-side `_reindex` when every node has the `reindex` module, else client-side scan + bulk; the log
+  says `COPY PATH: ...`; `op_type=create`, newest old index first), then copies again, round after round,
+  what the old indices received above the marks.
+- `verify`: **blocks writes** to the old indices (writes in flight finish first; the stream's retries wait),
+  copies the last changes, then compares **every id and its value and `ingested_at`** of the old indices
+  with the target (composite aggregations, no sampling); **fails** on any missing or different id and lifts
+  the block again.
+- `swap`: **one `_aliases` call**: the alias leaves the old indices (still write-blocked) and stays on the
+  target as write index; the old indices get a `covidflow_retired_at` mark in their mapping `_meta`.
 
 Params: `alias`, `path` (`auto`/`server`/`client`), `grace_period_hours` (override).
 """
@@ -125,14 +130,11 @@ def covidflow_es_reindex() -> None:
             raise RuntimeError("path=server asked, but the cluster has no reindex module")
         print(f"COPY PATH: {path} ({'server-side _reindex' if path == 'server' else 'client-side scan + bulk'}; "
               f"reindex module {'present' if server else 'absent'})")  # fmt: skip
-        # Writes acknowledged by the old index before the switch may not be searchable yet: the scan would miss them.
-        es.indices.refresh(index=p["sources"])
-        if path == "server":
-            result = m.copy_server_side(es, p["sources"], p["target"])
-        else:
-            result = m.copy_client_side(es, p["sources"], p["target"], cfg["reindex"]["batch_size"])
-        es.indices.refresh(index=p["target"])
-        print(f"copied {result['copied']} documents; {result['kept_newer']} already had a newer version")
+        result = m.copy_and_catch_up(es, p["sources"], p["target"], path, cfg["reindex"]["batch_size"])
+        print(
+            f"copied {result['copied']} documents ({result['kept_newer']} already in {p['target']}); "
+            f"{result['caught_up']} changed meanwhile, copied again in {result['catch_up_rounds']} round(s)"
+        )
         return {**p, "path": path, **result}
 
     @task
@@ -145,18 +147,16 @@ def covidflow_es_reindex() -> None:
             return p
         cfg, _, _ = _cfg()
         es = m.client(settings.CONN_ELASTICSEARCH)
-        es.indices.refresh(index=[*p["sources"], p["target"]])
-        missing = m.missing_ids(es, p["sources"], p["target"], cfg["reindex"]["batch_size"])
-        old = m.sample_sources(es, p["sources"], cfg["reindex"]["sample_size"])
-        problems = m.compare_samples(old, m.get_sources(es, p["target"], list(old)))
-        source_count = es.count(index=p["sources"])["count"]
-        target_count = es.count(index=p["target"])["count"]
-        print(f"verify: sources {source_count} docs, target {target_count}; missing {len(missing)}; "
-              f"sample {len(old)} compared, {len(problems)} differ")  # fmt: skip
-        if missing or problems:
-            raise AirflowFailException(f"reindex into {p['target']} is incomplete: missing ids {missing[:10]} "
-                                       f"(total {len(missing)}); sample differences {problems[:10]}")  # fmt: skip
-        return {**p, "source_count": source_count, "target_count": target_count, "sampled": len(old)}
+        rx = cfg["reindex"]
+        report = m.finish_copy(es, p["sources"], p["target"], rx["batch_size"], rx["verify_page_size"])
+        print(f"verify: sources {report['source_count']} docs / {report['source_ids']} ids, target "
+              f"{report['target_count']} docs; {report['missing']} missing, {report['differ']} differ, "
+              f"{report['newer_in_target']} newer in the target, {report['only_in_target']} written since the "
+              f"switch; last changes copied: {report['final_catch_up']}")  # fmt: skip
+        if report["problems"]:
+            raise AirflowFailException(f"reindex into {p['target']} is incomplete: " + "; ".join(report["problems"]))
+        keys = ("source_count", "target_count", "source_ids", "target_ids", "only_in_target", "newer_in_target")
+        return {**p, **{k: report[k] for k in keys}}
 
     @task
     def swap(p: dict[str, Any]) -> dict[str, Any]:
@@ -169,8 +169,9 @@ def covidflow_es_reindex() -> None:
         es = m.client(settings.CONN_ELASTICSEARCH)
         es.indices.update_aliases(actions=m.final_swap_actions(p["alias"], p["sources"], p["target"]))
         retired_at = dt.datetime.now(dt.UTC).isoformat()
-        for index in p["sources"]:
+        for index in p["sources"]:  # they keep their write block: nothing may land there any more
             es.indices.put_mapping(index=index, meta={m.RETIRED_AT: retired_at, "replaced_by": p["target"]})
+        m.save_marks(es, p["target"], None)  # the reindex is over (the rollover DAG waits while marks are there)
         print(f"SWAPPED {p['alias']!r}: now only {p['target']} (read + write); retired {p['sources']} at {retired_at}")
         return {**p, "retired_at": retired_at}
 

@@ -20,7 +20,7 @@ neither), so this DAG does their job with plain APIs:
   patterns, mappings); installs it when missing, **fails** on a mismatch (that needs `covidflow_es_reindex`).
 - `rollover`: `POST <alias>/_rollover` with the conditions of `include/config/maintenance.yaml`
   (`max_age`, `max_docs`, `max_primary_shard_size`; any one rolls over); creates `<alias>-000001` first
-  if the alias does not exist yet.
+  if the alias does not exist yet. Skipped while a `covidflow_es_reindex` run has not swapped yet.
 - `retention`: indices behind the alias created more than `retention.days` ago (never the write index)
   are **closed or deleted only with `apply_retention=true`**; otherwise only listed.
 
@@ -85,6 +85,10 @@ def covidflow_es_rollover() -> None:
         if created:
             print(f"alias {alias!r} did not exist: created {created} as its write index")
         conditions = {**cfg["rollover"]["conditions"], **(params.get("conditions") or {})}
+        reindexing = m.reindex_in_progress(es, alias)
+        if reindexing:  # a new write index now would leave the reindex target behind, still being caught up
+            print(f"no rollover for {alias}: a reindex into {reindexing} has not swapped yet (run it to its end)")
+            return {"old_index": reindexing, "new_index": None, "rolled_over": False, "conditions": {}}
         result = dict(es.indices.rollover(alias=alias, conditions=conditions))
         met = sorted(k for k, v in result.get("conditions", {}).items() if v)
         if result["rolled_over"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 
 import pytest
@@ -82,12 +83,40 @@ def test_alias_actions() -> None:
     ]
 
 
-def test_compare_samples_accepts_newer_copies_only() -> None:
-    old = {"1": {"v": 1, "ingested_at": "2024-01-01"}, "2": {"v": 2, "ingested_at": "2024-01-01"},
-           "3": {"v": 3, "ingested_at": "2024-01-01"}, "4": {"v": 4, "ingested_at": "2024-01-01"}}  # fmt: skip
-    new = {"1": {"v": 1, "ingested_at": "2024-01-01"}, "2": {"v": 9, "ingested_at": "2024-02-01"},
-           "3": {"v": 8, "ingested_at": "2024-01-01"}, "4": None}  # fmt: skip
-    assert m.compare_samples(old, new) == ["3: differs in ['v']", "4: missing from the new index"]
+def test_is_newer_compares_instants_not_strings() -> None:
+    assert m.is_newer("2024-02-01T00:00:00+00:00", "2024-01-31T23:00:00Z")
+    assert not m.is_newer("2024-01-01T00:00:00Z", "2024-01-01T00:00:00+00:00")
+    assert m.is_newer(1_700_000_000_001, 1_700_000_000_000) and m.is_newer("2024-01-01", None)
+    assert not m.is_newer(None, "2024-01-01")
+
+
+def test_compare_id_values_checks_every_id_and_value() -> None:
+    old = [  # (id, index, value, ingested_at ms, docs), sorted by id then index, as the composite aggregation gives
+        ("a", "x-000001", 1.0, 10, 1),
+        ("b", "x-000001", 2.0, 10, 1),
+        ("b", "x-000002", 5.0, 20, 1),  # held by two old indices: the newest one's copy is current
+        ("c", "x-000001", 3.0, 10, 1),
+        ("d", "x-000001", 4.0, 10, 1),
+        ("e", "x-000001", 5.0, 10, 1),
+        ("f", "x-000002", 6.0, 10, 1),
+    ]
+    new = [
+        ("a", None, 1.0, 10, 1),
+        ("b", None, 5.0, 20, 1),
+        ("bb", None, 9.0, 30, 1),  # written since the switch
+        ("c", None, 8.0, 10, 1),  # an update that never reached the copy: lost
+        ("d", None, 7.0, 11, 1),  # a newer version written straight to the target
+        ("f", None, 6.0, 10, 1),
+        ("g", None, 1.0, 30, 1),
+    ]
+    report = m.compare_id_values(old, new)
+    assert {k: v for k, v in report.items() if not k.endswith("examples")} == {
+        "source_docs": 7, "source_ids": 6, "target_ids": 7, "only_in_target": 2, "newer_in_target": 1,
+        "held_by_several_sources": 1, "missing": 1, "differ": 1}  # fmt: skip
+    assert report["missing_examples"] == ["e (in x-000001)"]
+    assert report["differ_examples"] == ["c: x-000001 value=3.0 ingested_at=10, target value=8.0 ingested_at=10"]
+    assert m.compare_id_values([], [])["source_ids"] == 0
+    assert m.compare_id_values(old[:1], [])["missing"] == 1
 
 
 def test_retired_before_respects_the_grace_period() -> None:
@@ -101,17 +130,31 @@ def test_retired_before_respects_the_grace_period() -> None:
     assert m.retired_before(mappings, now, dt.timedelta(0)) == ["a-000001", "a-000002"]
 
 
-def test_row_to_doc_formats_like_the_index_mapping() -> None:
+def test_token_ranges_cover_the_ring_without_gaps() -> None:
+    from covidflow.index.rebuild import MAX_TOKEN, MIN_TOKEN, token_ranges
+
+    ranges = token_ranges(64)
+    assert len(ranges) == 64 and ranges[0][0] == MIN_TOKEN and ranges[-1][1] == MAX_TOKEN
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+    assert token_ranges(1) == [(MIN_TOKEN, MAX_TOKEN)]
+    with pytest.raises(ValueError):
+        token_ranges(0)
+
+
+def test_row_record_gives_the_canonical_python_types() -> None:
     from collections import namedtuple
 
     from cassandra.util import Date
 
+    from covidflow.index.rebuild import row_record
+
     point = namedtuple("geo_point", "lat lon")(48.85, 2.35)
     row = {"record_id": "r1", "date": Date(dt.date(2024, 3, 1)), "vintage": dt.datetime(2024, 3, 2, 10, 0),
-           "value": 1.5, "location_point": point, "sex": None, "source_row": 7}  # fmt: skip
-    fields = ["record_id", "date", "vintage", "value", "location_point", "sex", "source_row"]
-    assert m.row_to_doc(row, fields) == {"record_id": "r1", "date": "2024-03-01", "vintage": "2024-03-02T10:00:00Z",
-        "value": 1.5, "location_point": {"lat": 48.85, "lon": 2.35}, "source_row": 7}  # fmt: skip
+           "value": 1.5, "location_point": point, "location_parent_key": None, "source_row": 7}  # fmt: skip
+    assert row_record(row, [*row, "absent"]) == {
+        "record_id": "r1", "date": dt.date(2024, 3, 1), "vintage": dt.datetime(2024, 3, 2, 10, 0, tzinfo=dt.UTC),
+        "value": 1.5, "location_point": {"lat": 48.85, "lon": 2.35}, "location_parent_key": None, "source_row": 7,
+        "absent": None}  # fmt: skip
 
 
 def test_batched() -> None:
