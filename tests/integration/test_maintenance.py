@@ -180,7 +180,7 @@ def es():
     leftovers = sorted(client.indices.get(index=f"{PREFIX}-*", expand_wildcards="all"))
     if leftovers:  # destructive_requires_name: no wildcard deletes
         client.indices.delete(index=leftovers)
-    for suffix in ("roll", "rx", "rb"):
+    for suffix in ("roll", "rx", "rxv", "rb", "rbs"):
         client.options(ignore_status=404).indices.delete_index_template(name=f"{PREFIX}-{suffix}")
     client.close()
 
@@ -241,94 +241,191 @@ def test_rollover_creates_the_next_index_and_search_spans_both(es) -> None:
     assert es.count(index=alias)["count"] == 4
 
 
-def test_reindex_to_a_new_mapping_version_under_concurrent_writes_loses_nothing(es) -> None:
+def all_values(es: Any, index: str) -> dict[str, float]:
+    """Every document of ``index`` (or alias): id -> value, read in full (no sample)."""
+    from elasticsearch import helpers
+
+    es.indices.refresh(index=index)
+    return {h["_id"]: h["_source"]["value"] for h in helpers.scan(es, index=index, size=1000)}
+
+
+def test_reindex_under_the_stream_writer_loses_no_update(es) -> None:
+    """Issue 14 item 3: the real EsWriter writes during the whole reindex, and writes ids an old index holds into
+    that old index; every id and every last value must be in the target after the swap."""
     import threading
 
+    from covidflow.index.es_writer import EsWriter
+
     alias = f"{PREFIX}-rx"
-    old = f"{alias}-000001"
+    old1, old2, target = f"{alias}-000001", f"{alias}-000002", f"{alias}-v1-000001"
     # Mapping "v0": what an older schema produced (location_name keyword-only, no template).
     keyword, date = {"type": "keyword"}, {"type": "date"}
     v0 = {"dynamic": "strict", "properties": {
         "record_id": keyword, "source_id": keyword, "date": date, "value": {"type": "double"}, "ingested_at": date,
         "location_name": keyword}}  # fmt: skip
-    es.indices.create(index=old, mappings=v0, aliases={alias: {"is_write_index": True}})
-    bulk(es, alias, [doc(n) for n in range(3000)])
+    es.indices.create(index=old1, mappings=v0, aliases={alias: {"is_write_index": True}})
+    bulk(es, alias, [doc(n) for n in range(2000)])
+    es.indices.rollover(alias=alias, mappings=v0)  # two old indices, as after a rollover
+    bulk(es, alias, [doc(n) for n in range(2000, 3000)])
+    expected = {f"r{n:06d}": float(n) for n in range(3000)}
 
+    writer = EsWriter(es, alias=alias, retry_for=300, threads=1)
     written: dict[str, float] = {}
     stop = threading.Event()
+    errors: list[BaseException] = []
 
-    def writer() -> None:
-        """New records and newer versions of old ones, through the alias, for the whole DAG run."""
+    def write() -> None:
+        """New records, and updates of records both old indices hold (some ids updated again and again)."""
         n = 0
-        while not stop.is_set():
-            new = doc(100000 + n)
-            update = doc(n, ingested="2024-07-01T00:00:00Z", value=-n)  # a newer vintage of r00000n
-            for d in (new, update):
-                es.index(index=alias, id=d["record_id"], document=d)
-                written[d["record_id"]] = d["value"]
-            n += 1
-            time.sleep(0.02)
+        try:
+            while not stop.is_set():
+                now = (datetime(2024, 7, 1, tzinfo=UTC) + timedelta(seconds=n)).isoformat()
+                batch = [doc(100000 + n, ingested=now), doc(n % 3000, ingested=now, value=-n),
+                         doc(1990 + n % 20, ingested=now, value=-1000 - n),
+                         doc(2990 + n % 10, ingested=now, value=-2000 - n)]  # fmt: skip
+                writer.write(batch)
+                written.update((d["record_id"], d["value"]) for d in batch)
+                n += 1
+                time.sleep(0.01)
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            errors.append(exc)
 
-    thread = threading.Thread(target=writer, daemon=True)
+    thread = threading.Thread(target=write, daemon=True)
     thread.start()
     try:
+        time.sleep(0.5)
         state, tasks, xcom = run_dag("covidflow_es_reindex", {"alias": alias})
+        time.sleep(0.5)  # the writer goes on after the swap: its retried writes land in the target
     finally:
         stop.set()
-        thread.join(timeout=30)
-    target = f"{alias}-v1-000001"
+        thread.join(timeout=120)
+    assert errors == []
     assert state == "success", tasks
     assert xcom("copy")["path"] == "client"  # the minimal distribution has no reindex module
-    assert xcom("verify")["target_count"] >= 3000
     assert aliases_of(es, alias) == {target: True}
-
-    es.indices.refresh(index=alias)
     updates = {k for k in written if int(k[1:]) < 100000}
-    assert len(updates) > 10 and len(written) - len(updates) > 10, "the writer did not overlap the reindex"
-    expected = 3000 + len(written) - len(updates)
-    assert es.count(index=alias)["count"] == expected
-    assert es.count(index=target)["count"] == expected
-    # Every concurrently written version survived (newer wins over the copy of the old one).
-    got = {d["_id"]: d["_source"]["value"] for d in es.mget(index=alias, ids=sorted(written))["docs"]}
-    assert got == written
-    meta = es.indices.get_mapping(index=old)[old]["mappings"]["_meta"]
-    assert meta["replaced_by"] == target
+    assert len(updates) > 50 and len(written) - len(updates) > 10, "the writer did not overlap the reindex"
+    assert xcom("copy")["caught_up"] > 0, "no update landed in an old index during the copy"
 
-    # Second run: nothing to do; with no grace period the retired index is removed.
+    expected.update(written)
+    got = all_values(es, alias)
+    assert sorted(got) == sorted(expected)  # the full id set
+    lost = {k: (got[k], v) for k, v in expected.items() if got[k] != v}
+    assert lost == {}, f"{len(lost)} updates lost: {sorted(lost.items())[:5]}"
+    assert all_values(es, target) == expected
+    assert xcom("verify")["target_count"] == xcom("verify")["target_ids"]
+    meta = es.indices.get_mapping(index=old1)[old1]["mappings"]["_meta"]
+    assert meta["replaced_by"] == target
+    assert m_saved_marks(es, target) is None
+
+    # Second run: nothing to do; with no grace period the retired indices are removed.
     state, tasks, xcom = run_dag("covidflow_es_reindex", {"alias": alias, "grace_period_hours": 0})
     assert state == "success", tasks
-    assert xcom("cleanup") == [old]
+    assert xcom("cleanup") == [old1, old2]
     assert xcom("plan")["sources"] == []
-    assert not es.indices.exists(index=old)
-    assert es.count(index=alias)["count"] == expected
+    assert not es.indices.exists(index=old1)
+    assert all_values(es, alias) == expected
 
 
-def test_rebuild_from_cassandra_reproduces_the_count(cassandra, es) -> None:
-    from cassandra.concurrent import execute_concurrent_with_args
+def test_reindex_verify_fails_on_a_lost_update_and_lifts_the_write_block(es) -> None:
+    """verify compares every id and value: one value changed behind the copy's back (without a new _seq_no
+    above the marks, as a write the old protocol lost) fails the run, and the old index takes writes again."""
+    from covidflow.index import maintenance as m
 
-    rows = 2500
-    insert = cassandra.prepare(
-        f"INSERT INTO {KEYSPACE}.observations_latest (record_id, schema_version, source_id, location_key, "
-        "location_level, location_name, date, period, period_start, metric, metric_kind, unit, value, sex, "
-        "age_group, variant, upstream, vintage, vintage_basis, source_object_key, source_row, ingested_at) "
-        "VALUES (?, 1, 'mt', ?, 'country', ?, ?, 'day', ?, 'cases', 'daily_flow', 'people', ?, 'all', 'all', "
-        "'all', '-', ?, 'file_name', 'k', ?, ?)"
-    )
-    now = datetime(2024, 6, 1, tzinfo=UTC)
-    args = []
-    for n in range(rows):
-        day = (datetime(2023, 1, 1) + timedelta(days=n % 500)).date()
-        args.append((f"id{n:05d}", f"L{n // 500}", f"Place {n // 500}", day, day, float(n), now, n + 1, now))
-    results = execute_concurrent_with_args(cassandra, insert, args, concurrency=50)
-    assert all(ok for ok, _ in results)
+    alias = f"{PREFIX}-rxv"
+    old, target = f"{alias}-000001", f"{alias}-v1-000001"
+    m.put_template(es, alias)
+    m.ensure_alias(es, alias)
+    bulk(es, alias, [doc(n) for n in range(500)])
+    m.put_template(es, alias)
+    es.indices.create(index=target)
+    es.indices.update_aliases(actions=m.write_switch_actions(alias, [old], target))
+    m.copy_and_catch_up(es, [old], target, "client", 100)
+    es.index(index=target, id="r000007", document=doc(7, value=-7), refresh=True)  # the copy now differs
+    es.delete(index=target, id="r000008", refresh=True)  # and misses one id
+    report = m.finish_copy(es, [old], target, 100, 50)
+    assert (report["missing"], report["differ"], report["source_ids"]) == (1, 1, 500)
+    assert report["missing_examples"] == [f"r000008 (in {old})"]
+    assert len(report["problems"]) == 2
+    es.index(index=old, id="r000009", document=doc(9, value=99))  # the block is lifted again
+    assert m.reindex_in_progress(es, alias) == target
+
+
+def m_saved_marks(es: Any, index: str) -> Any:
+    from covidflow.index import maintenance as m
+
+    return m.saved_marks(es, index)
+
+
+def canonical_records(vintages: int, per_vintage: int) -> list[dict[str, Any]]:
+    """Real canonical records of one source (the SPF sample), ``vintages`` vintages of the same rows, each with
+    other values; instants at Cassandra's millisecond precision; a few with coordinates."""
+    from itertools import islice
+
+    from covidflow.catalog.schema import record_id
+    from covidflow.catalog.specs import find_spec
+    from covidflow.normalise.preview import run_file
+
+    spec = find_spec("spf_donnees_hospitalieres")
+    base, _ = run_file(spec, spec.sample_path)
+    base = list(islice(base, per_vintage))
+    out = []
+    for v in range(vintages):
+        for i, rec in enumerate(base):
+            rec = dict(rec)
+            rec["vintage"] = rec["vintage"] + timedelta(days=v)
+            ingested = rec["ingested_at"] + timedelta(days=v)
+            rec["ingested_at"] = ingested.replace(microsecond=ingested.microsecond // 1000 * 1000)
+            rec["value"] = float(rec["value"]) + v
+            if i % 50 == 0:
+                rec["location_point"] = {"lat": 48.5 + i / 1000, "lon": 2.25}
+            rec["record_id"] = record_id(rec)
+            out.append(rec)
+    return out
+
+
+def test_rebuild_from_cassandra_gives_the_streams_documents_for_every_vintage(cassandra, es) -> None:
+    """Issue 14 item 2: the stream indexes every vintage; a rebuild must give back the same ids and documents."""
+    import pyarrow as pa
+
+    from covidflow.catalog.schema import arrow_schema
+    from covidflow.index import maintenance as m
+    from covidflow.index.es_writer import EsWriter
+    from covidflow.store.cassandra_writer import CassandraWriter
+
+    records = canonical_records(vintages=2, per_vintage=1200)
+    assert len({r["record_id"] for r in records}) == 2400
+    table = pa.Table.from_pylist(records, schema=arrow_schema())
+    streamed = f"{PREFIX}-rbs"  # what the stream wrote: both writers on the same Arrow table (write_both)
+    m.put_template(es, streamed)
+    m.ensure_alias(es, streamed)
+    CassandraWriter(cassandra, keyspace=KEYSPACE, retry_for=60).write(table)
+    EsWriter(es, alias=streamed, retry_for=60).write(table)
+    es.indices.refresh(index=streamed)
+    before = {h["_id"]: h["_source"] for h in scan_all(es, streamed)}
+    assert len(before) == 2400
 
     alias = f"{PREFIX}-rb"
     for attempt in (1, 2):  # the second run overwrites by _id: same count
         state, tasks, xcom = run_dag("covidflow_es_rebuild", {"alias": alias, "keyspace": KEYSPACE})
         assert (state, tasks) == ("success", {"prepare": "success", "rebuild": "success"}), attempt
-        assert xcom("rebuild") == {"keyspace": KEYSPACE, "table": "observations_latest", "alias": alias,
-                                   "rows": rows, "documents": rows}  # fmt: skip
-    assert es.count(index=alias)["count"] == rows
-    got = es.get(index=alias, id="id00042")["_source"]
-    assert (got["location_key"], got["date"], got["value"], got["vintage"]) == (
-        "L0", "2023-02-12", 42.0, "2024-06-01T00:00:00Z")  # fmt: skip
+        assert xcom("rebuild") == {"keyspace": KEYSPACE, "table": "observations_by_vintage", "alias": alias,
+                                   "rows": 2400, "documents": 2400}  # fmt: skip
+    after = {h["_id"]: h["_source"] for h in scan_all(es, alias)}
+    assert sorted(after) == sorted(before)  # every vintage is back
+    differ = sorted(k for k in before if after[k] != before[k])
+    assert differ == [], f"{len(differ)} documents differ, e.g. {before[differ[0]]} != {after[differ[0]]}"
+
+    # On a rolled-over alias the rebuild overwrites each id where it is (EsWriter's routing): no second copy.
+    es.indices.rollover(alias=streamed)
+    state, tasks, xcom = run_dag("covidflow_es_rebuild", {"alias": streamed, "keyspace": KEYSPACE})
+    assert state == "success", tasks
+    assert es.count(index=f"{streamed}-000002")["count"] == 0
+    assert {h["_id"]: h["_source"] for h in scan_all(es, streamed)} == before
+
+
+def scan_all(es: Any, index: str) -> list[dict[str, Any]]:
+    from elasticsearch import helpers
+
+    es.indices.refresh(index=index)
+    return list(helpers.scan(es, index=index, size=1000))
