@@ -84,6 +84,8 @@ object's key + etag is not in the manifest (skipped after the timeout) -> `selec
 task per object: records to `{RAW_TOPIC}`, rejects to the dead-letter topic, then the object is marked in the
 manifest). A run triggered by hand looks at once. **Re-run** (manifest ignored): trigger with `rerun_key` (one
 object), `rerun_prefix` (a key prefix) or `rerun_all`; CLI: `covidflow ingest rerun {spec.id} --key|--prefix|--all`.
+After a re-run's publish, `purge_obsolete` deletes from Cassandra and Elasticsearch the records of each re-published
+object and vintage that were ingested before the re-run (what a spec fix made obsolete); skipped in other runs.
 `bucket` ingests from another bucket. See docs/ingestion.md.
 """
 
@@ -191,10 +193,40 @@ def build_ingest_dag(spec: SourceSpec, config: dict[str, Any] | None = None) -> 
                 raise AirflowFailException(too_many)
             return summary
 
+        purge_cfg = {**PURGE_DEFAULTS, **(config.get("purge") or {})}
+
+        @task(
+            task_id="purge_obsolete",
+            retries=int(purge_cfg["retries"]),  # idempotent: a retry finds what is left to delete
+            retry_delay=timedelta(seconds=purge_cfg["retry_delay_seconds"]),
+        )
+        def purge_obsolete(source: str, summaries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+            """Re-runs only, once every object is published: delete, in both stores, the records of each
+            re-published object and vintage that the re-run did not write again (ADR 0016). Logic in
+            covidflow.ops.purge; a failed publish fails the run before this (re-run again, then it purges)."""
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from covidflow.ops.purge import purge_rerun
+
+            done = purge_rerun(source, get_current_context()["params"], list(summaries), purge_cfg)
+            if done is None:
+                raise AirflowSkipException("not a re-run: nothing to purge")
+            return done
+
         selected = select(source_id)
         wait >> selected
-        publish.partial(source=source_id).expand(obj=selected)
+        published = publish.partial(source=source_id).expand(obj=selected)
+        purge_obsolete(source_id, published)
     return dag
+
+
+#: The purge task's settings (include/config/ingest.yaml ``purge`` overrides them).
+PURGE_DEFAULTS: dict[str, Any] = {
+    "wait_for_stream_seconds": 300,
+    "settle_seconds": 10,
+    "retries": 3,
+    "retry_delay_seconds": 30,
+}
 
 
 def _short(text: str) -> str:

@@ -85,6 +85,9 @@ class PublishSummary:
     records_per_s: float = 0.0
     status: str = "published"  # "published" | "refused" (nothing of the object is on the raw topic)
     records_discarded: int = 0  # refused: records read before the error, in the aborted transaction
+    #: When the records were put on Kafka: their envelopes' ``published_at``, the records' ``ingested_at``
+    #: (a re-run's purge deletes what was ingested before it, docs/decisions/0016).
+    published_at: str = ""
 
     def line(self) -> str:
         """One log line naming the object and the counts, for on-call."""
@@ -293,7 +296,7 @@ def publish_records(
     now = datetime.now(UTC).isoformat()
     ref = ObjectRef(obj.bucket, obj.key, obj.etag, obj.version_id, obj.size)
     vintage = object_vintage(spec, obj)
-    summary = PublishSummary(source_id, obj.uri, obj.etag, vintage, obj.size)
+    summary = PublishSummary(source_id, obj.uri, obj.etag, vintage, obj.size, published_at=now)
     reasons: Counter[str] = Counter()
     deliveries = _Deliveries()
     report = deliveries.callback

@@ -43,7 +43,9 @@ def test_ingest_dag_shape(dagbag, source_id: str) -> None:
 
     spec = yaml.safe_load((SOURCES / f"{source_id}.yaml").read_text(encoding="utf-8"))
     dag = dagbag.dags[f"ingest_{source_id}"]
-    assert [t.task_id for t in dag.topological_sort()] == ["wait_for_objects", "select_new_objects", "publish"]
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "wait_for_objects", "select_new_objects", "publish", "purge_obsolete"
+    ]  # fmt: skip
     sensor = dag.get_task("wait_for_objects")
     assert isinstance(sensor, NewObjectsSensor)
     assert sensor.soft_fail and sensor.poke_interval == 5 and sensor.timeout == 3600
@@ -58,6 +60,10 @@ def test_ingest_dag_shape(dagbag, source_id: str) -> None:
     publish = dag.get_task("publish")
     assert publish.upstream_task_ids == {"select_new_objects"}
     assert [a.name for a in publish.outlets] == [f"covid.raw.v1.{source_id}"]
+    # After a re-run's publish, its purge (skipped in other runs), with explicit retries: it is idempotent.
+    purge = dag.get_task("purge_obsolete")
+    assert purge.upstream_task_ids == {"publish"} and purge.retries == 3
+    assert purge.trigger_rule == "all_success"  # a failed publish fails the run; a re-run then purges
     assert {"covidflow", "ingest", f"source:{source_id}", f"format:{spec['format']}"} <= set(dag.tags)
     assert any(t.startswith("publisher:") for t in dag.tags)
     for text in (spec["title"], spec["publisher"], spec["licence"], spec["home_page"], spec["landing"]["prefix"]):
