@@ -140,6 +140,18 @@ def main(argv: list[str] | None = None) -> int:
     cfg_dict = asdict(cfg)
 
     def process_batch(df: Any, batch_id: int) -> None:
+        # Said before any work, so the supervisor sees how long this batch has been running if it never ends.
+        beat.batch_in_progress, beat.batch_started_at = batch_id, now_iso()
+        beat.updated_at = now_iso()
+        beat.write(cfg.heartbeat)
+        try:
+            run_batch(df, batch_id)
+        finally:
+            beat.batch_in_progress = beat.batch_started_at = None
+            beat.updated_at = now_iso()
+            beat.write(cfg.heartbeat)
+
+    def run_batch(df: Any, batch_id: int) -> None:
         started = time.monotonic()
         specs = spec_texts()  # read per batch: a new or changed spec is live from this batch on
         parts = [
@@ -155,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             totals[k] += stats[k]
         totals["batches"] += 1
         beat.last_batch_id, beat.last_batch_at, beat.last_batch = batch_id, now_iso(), stats
-        beat.updated_at, beat.totals = now_iso(), dict(totals)
-        beat.write(cfg.heartbeat)
+        beat.totals = dict(totals)
         log.info(
             "batch %d: input %d, records %d, normalise %.1fs, cassandra %s (%.1fs) and elasticsearch %d (%.1fs) in "
             "%.1fs, rejects %d, skips %d, %.2fs",
@@ -194,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     while query.isActive and not stopping:
         query.awaitTermination(5)
+        if spark.sparkContext._jsc.sc().isStopped():
+            # The master killed the app (the supervisor does so for a stuck batch or a hung driver): the context
+            # is gone, but an idle query would stay "active" in this process for ever and hold the submit task.
+            log.error("the SparkContext of %s was stopped (app killed on the master): exiting with 1, so the "
+                      "supervisor restarts the job from its checkpoint", app_id)  # fmt: skip
+            return 1
         beat.updated_at = now_iso()
         for k, v in progress_metrics(query.lastProgress).items():
             setattr(beat, k, v)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -232,9 +233,16 @@ def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return total
 
 
+_BEAT_LOCK = threading.Lock()  # the batch thread and the driver's main loop both write the heartbeat
+
+
 @dataclass
 class Heartbeat:
-    """What the job reports after every batch and every few seconds while idle; the DAG reads it."""
+    """What the job reports when a batch starts, after every batch and every few seconds; the DAG reads it.
+
+    ``batch_in_progress`` / ``batch_started_at`` name the batch running now (None between batches): the
+    driver refreshes ``updated_at`` whatever its batch does, so only these show a batch that is stuck.
+    """
 
     app_id: str
     app_name: str
@@ -243,6 +251,8 @@ class Heartbeat:
     last_batch_id: int | None = None
     last_batch_at: str | None = None
     last_batch: dict[str, Any] = field(default_factory=dict)
+    batch_in_progress: int | None = None
+    batch_started_at: str | None = None
     input_rows_per_second: float | None = None
     processed_rows_per_second: float | None = None
     offsets_behind_latest: float | None = None  # Kafka source metric maxOffsetsBehindLatest
@@ -252,10 +262,11 @@ class Heartbeat:
     def write(self, path: str | Path) -> None:
         """Atomic replace, so a reader never sees half a file."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1, default=str), encoding="utf-8")
-        tmp.replace(path)
+        with _BEAT_LOCK:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(asdict(self), indent=1, default=str), encoding="utf-8")
+            tmp.replace(path)
 
 
 def progress_metrics(progress: dict[str, Any] | None) -> dict[str, float | None]:
