@@ -8,9 +8,12 @@ last committed Kafka offsets against the topic's high watermarks.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import time
 import zipfile
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,11 +21,16 @@ from typing import Any
 from covidflow import PROJECT_ROOT, settings
 from covidflow.normalise.stream_runtime import APP_NAME, StreamConfig, state_dir
 
+log = logging.getLogger(__name__)
 JOB_PATH = PROJECT_ROOT / "spark_jobs" / "normalise_stream.py"
 BUNDLE_NAME = "covidflow_bundle"
 LIVE_STATES = {"RUNNING", "WAITING", "SUBMITTED"}
+#: Supervision limits as data (read at every DAG run); the values below apply when a key is missing.
+CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "stream.yaml"
 #: A heartbeat older than this while the master says RUNNING means a hung driver.
 STALE_AFTER_SECONDS = 180
+#: One micro-batch running longer than this means a stuck batch (a blocked sink, a hung executor).
+STUCK_AFTER_SECONDS = 900
 #: Small, explicit memory: the machine is shared by the whole stack.
 SPARK_CONF: dict[str, str] = {
     "spark.driver.memory": "768m",
@@ -33,6 +41,24 @@ SPARK_CONF: dict[str, str] = {
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.streaming.metricsEnabled": "true",
 }
+
+
+def supervision_limits(overrides: Mapping[str, Any] | None = None, path: Path | None = None) -> dict[str, float]:
+    """``stale_heartbeat_seconds`` and ``stuck_batch_seconds`` from include/config/stream.yaml, with per-run
+    overrides (the DAG's params; a None value keeps the configured one)."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(Path(path or CONFIG_PATH).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        cfg = {}
+    limits = {"stale_heartbeat_seconds": STALE_AFTER_SECONDS, "stuck_batch_seconds": STUCK_AFTER_SECONDS}
+    limits.update({k: v for k, v in (cfg.get("supervision") or {}).items() if k in limits})
+    limits.update({k: v for k, v in (overrides or {}).items() if k in limits and v is not None})
+    for key, value in limits.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ValueError(f"stream supervision limit {key} must be a positive number of seconds, not {value!r}")
+    return {k: float(v) for k, v in limits.items()}
 
 
 def master_ui_url() -> str:
@@ -122,21 +148,35 @@ def assess(
     *,
     now: datetime | None = None,
     stale_after: float = STALE_AFTER_SECONDS,
+    stuck_after: float = STUCK_AFTER_SECONDS,
 ) -> dict[str, Any]:
-    """One health verdict (pure): alive, hung, or dead, with last batch time, input rate and lag."""
+    """One health verdict (pure): alive, hung, stuck or dead, with last batch time, input rate and lag.
+
+    *Hung*: the master runs the heartbeat's app, but the heartbeat is older than ``stale_after`` (the driver
+    stopped). *Stuck*: the driver is fine, but the batch it reports in progress has run longer than
+    ``stuck_after`` (a blocked sink or executor). Neither counts as alive: both are killed and restarted.
+    """
     now = now or datetime.now(UTC)
     apps = live_apps(master_status)
     hb = heartbeat or {}
     beat_age = _age_seconds(hb.get("updated_at"), now)
     own = bool(apps) and any(a.get("id") == hb.get("app_id") for a in apps)
-    hung = bool(apps) and own and beat_age is not None and beat_age > stale_after
+    hung = own and beat_age is not None and beat_age > stale_after
+    batch_age = _age_seconds(hb.get("batch_started_at"), now) if hb.get("batch_in_progress") is not None else None
+    stuck = own and batch_age is not None and batch_age > stuck_after
     return {
         "master_reachable": master_status is not None,
         "running_apps": [a.get("id") for a in apps],
-        "alive": bool(apps) and not hung,
+        "alive": bool(apps) and not hung and not stuck,
         "hung": hung,
+        "stuck": stuck,
         "app_id": hb.get("app_id"),
         "heartbeat_age_seconds": beat_age,
+        "stale_after_seconds": stale_after,
+        "batch_in_progress": hb.get("batch_in_progress"),
+        "batch_started_at": hb.get("batch_started_at"),
+        "batch_running_seconds": batch_age,
+        "stuck_after_seconds": stuck_after,
         "last_batch_id": hb.get("last_batch_id"),
         "last_batch_at": hb.get("last_batch_at"),
         "last_batch_age_seconds": _age_seconds(hb.get("last_batch_at"), now),
@@ -148,14 +188,63 @@ def assess(
     }
 
 
-def stream_health(cfg: StreamConfig | None = None) -> dict[str, Any]:
-    """Gather master status, heartbeat and Kafka lag, and assess them (I/O)."""
+def stream_health(cfg: StreamConfig | None = None, limits: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Gather master status, heartbeat and Kafka lag, and assess them (I/O); ``limits`` overrides stream.yaml."""
     cfg = cfg or StreamConfig.from_env()
+    lim = supervision_limits(limits)
     try:
         lag = kafka_lag(committed_offsets(cfg.checkpoint), high_watermarks(cfg.raw_topic, cfg.bootstrap))
     except Exception:  # health must still report the rest when Kafka is down
         lag = None
-    return assess(fetch_master_status(), read_heartbeat(cfg.heartbeat), lag)
+    return assess(fetch_master_status(), read_heartbeat(cfg.heartbeat), lag,
+                  stale_after=lim["stale_heartbeat_seconds"], stuck_after=lim["stuck_batch_seconds"])  # fmt: skip
+
+
+def unhealthy_reason(health: Mapping[str, Any]) -> str | None:
+    """Why the running app must be killed, in one line for the log (pure); None when it must not."""
+    reasons = []
+    if health.get("stuck"):
+        reasons.append(
+            f"batch {health['batch_in_progress']} has been running for {health['batch_running_seconds']:.0f}s "
+            f"(since {health['batch_started_at']}; limit {health['stuck_after_seconds']:.0f}s): stuck"
+        )
+    if health.get("hung"):
+        reasons.append(
+            f"heartbeat stale for {health['heartbeat_age_seconds']:.0f}s "
+            f"(limit {health['stale_after_seconds']:.0f}s): driver hung"
+        )
+    return "; ".join(reasons) or None
+
+
+def kill_unhealthy(
+    health: Mapping[str, Any],
+    kill: Callable[[str], None],
+    *,
+    logger: logging.Logger | None = None,
+    wait_seconds: float = 60.0,
+) -> list[str]:
+    """Kill the running app(s) of a hung or stuck stream through ``kill`` (the master's kill endpoint), and wait
+    until the master no longer lists them. The driver then exits with an error, the task holding it fails, and
+    its retry (or the next run's submit) restarts the job from its checkpoint, which replays the batch."""
+    reason = unhealthy_reason(health)
+    if not reason:
+        return []
+    logger = logger or log
+    killed = list(health.get("running_apps") or [])
+    for app_id in killed:
+        logger.warning("stream app %s: %s; action: killing it on the master, the restart resumes from the "
+                       "checkpoint and replays the batch", app_id, reason)  # fmt: skip
+        kill(app_id)
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        still = [a.get("id") for a in live_apps(fetch_master_status()) if a.get("id") in killed]
+        if not still:
+            logger.warning("stream app(s) %s killed; the submit task restarts the stream from its checkpoint", killed)
+            break
+        time.sleep(2)
+    else:
+        logger.error("stream app(s) %s still listed by the master %ss after the kill", killed, wait_seconds)
+    return killed
 
 
 def build_bundle(dest: Path | None = None) -> Path:
