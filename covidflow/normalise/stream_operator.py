@@ -2,7 +2,8 @@
 
 * Never two copies: right before submitting, it asks the Spark master (and the job's heartbeat) whether
   covidflow-normalise is alive, and skips if so; the DAG also limits the task to one running instance.
-* A hung driver (master says RUNNING, heartbeat stale) is killed through the master before resubmitting.
+* A hung driver (master says RUNNING, heartbeat stale) or a stuck batch (one batch running longer than the
+  limit) is killed through the master before resubmitting (the DAG's stream_health task does it first).
 * on_kill: the stock hook SIGKILLs the ``spark-submit`` JVM only (client mode), which can orphan the
   Python driver; here the driver is first asked to stop (SIGTERM -> query.stop()), then the app is
   killed on the master, then the stock on_kill runs.
@@ -41,18 +42,22 @@ class StreamSubmitOperator(SparkSubmitOperator):
     def execute(self, context: Any) -> None:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from covidflow.normalise.supervise import build_bundle, master_ui_url, stream_health, submit_conf
+        from covidflow.normalise.supervise import (
+            build_bundle,
+            kill_unhealthy,
+            master_ui_url,
+            stream_health,
+            submit_conf,
+        )
         from covidflow.stack.home import StackHome
         from covidflow.stack.services.spark import kafka_connector_jars, spark_env
 
-        health = stream_health()
+        limits = (context or {}).get("params") or {}
+        health = stream_health(limits=limits)
         self.log.info("stream health before submit: %s", health)
-        if health["hung"]:
-            for app_id in health["running_apps"]:
-                self.log.warning("heartbeat stale for %ss: killing %s", health["heartbeat_age_seconds"], app_id)
-                kill_app(app_id, master_ui_url())
-            time.sleep(10)
-            health = stream_health()
+        if kill_unhealthy(health, lambda app_id: kill_app(app_id, master_ui_url()), logger=self.log):
+            time.sleep(5)
+            health = stream_health(limits=limits)
         if health["alive"] or health["running_apps"]:
             raise AirflowSkipException(f"{APP_NAME} already running: {health['running_apps']}")
         if not health["master_reachable"]:

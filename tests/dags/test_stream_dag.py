@@ -48,3 +48,17 @@ def test_submit_task_is_guarded_and_long_running(dag) -> None:
 
 def test_every_task_retries(dag) -> None:
     assert all(t.retries >= 1 for t in dag.tasks)
+
+
+def test_supervision_limits_are_params_defaulting_to_the_config(dag) -> None:
+    for name in ("stuck_batch_seconds", "stale_heartbeat_seconds"):
+        assert dag.params[name] is None  # None: include/config/stream.yaml decides
+
+
+def test_a_watch_dag_no_held_run_can_block() -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(covidflow.PROJECT_ROOT / "dags" / "covidflow_stream.py"))
+    watch = bag.dags["covidflow_stream_watch"]
+    assert set(watch.task_ids) == {"watch"} and watch.max_active_runs == 1 and watch.catchup is False
+    assert watch.params["stuck_batch_seconds"] is None and "stuck" in watch.doc_md
