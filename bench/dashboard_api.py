@@ -20,6 +20,7 @@ from elasticsearch import Elasticsearch
 
 from covidflow import settings
 from covidflow.show import es_queries as q
+from covidflow.stack.airflow_api import AirflowClient
 
 GOAL_MS = 300.0
 D = dt.date
@@ -69,10 +70,14 @@ def main() -> int:
     ap.add_argument("--base", default=f"{settings.AIRFLOW_URL}/covidflow/api/")
     args = ap.parse_args()
     es = Elasticsearch(settings.ELASTICSEARCH_URL, request_timeout=30)
+    # The plugin needs Airflow's login: a token from POST /auth/token, as the stack's admin.
+    auth = {"Authorization": f"Bearer {AirflowClient().token}"}
     print(f"{'endpoint':<10} {'API median':>11} {'API p95':>9} {'ES median':>10} {'ES p95':>8} {'ES took':>8}")
     worst = 0.0
     for name, path, body in cases(args.alias):
-        url = args.base + path + ("&" if "?" in path else "?") + f"alias={args.alias}"
+        url = urllib.request.Request(
+            args.base + path + ("&" if "?" in path else "?") + f"alias={args.alias}", headers=auth
+        )
         api_ms, es_ms, took = [], [], []
         for _ in range(2):  # warm both paths
             urllib.request.urlopen(url).read()

@@ -2,6 +2,9 @@
 
 Records go through the same normalisation as the stream (preview.run_file), indexed with _id = record_id,
 so API figures can be checked against the source files, read here independently with the csv module.
+
+The figures are checked in-process (create_app without login); the last tests go through the running
+api-server, where the plugin needs Airflow's login (a token from POST /auth/token, or the UI's cookie).
 """
 
 from __future__ import annotations
@@ -12,15 +15,18 @@ import datetime as dt
 import os
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from covidflow import PROJECT_ROOT
+from covidflow import PROJECT_ROOT, settings
 from covidflow.catalog.specs import find_spec
 from covidflow.index.es_template import generate_template
 from covidflow.normalise.preview import run_file
 from covidflow.show.api import create_app
+from covidflow.stack.airflow_api import AirflowClient
 
 pytestmark = pytest.mark.integration
 
@@ -210,3 +216,59 @@ def test_missing_alias_is_a_short_503_except_on_the_freshness_panel() -> None:
     # A fresh stack: nothing indexed, yet the panel answers (and would list the sources the ops DAGs judged).
     resp = TestClient(app).get("/api/freshness")
     assert resp.status_code == 200 and resp.json()["sources"] == []
+
+
+# --- Through the running api-server: the plugin needs Airflow's login (issue 14, item 8) ----------------------
+
+
+def airflow_url() -> str:
+    return os.environ.get("COVIDFLOW_AIRFLOW_URL", settings.AIRFLOW_URL)
+
+
+@pytest.fixture(scope="module")
+def airflow_token() -> str:
+    """A JWT from Airflow's own ``POST /auth/token``, as the stack's admin (covidflow.stack.airflow_api)."""
+    return AirflowClient().token
+
+
+def get(path: str, **kwargs: Any) -> httpx.Response:
+    """One GET to the api-server, redirects not followed."""
+    return httpx.get(f"{airflow_url()}{path}", timeout=30, follow_redirects=False, **kwargs)
+
+
+META = f"/covidflow/api/meta?alias={ALIAS}"
+
+
+def test_dashboard_api_refuses_an_anonymous_caller_like_airflow_api() -> None:
+    assert get("/api/v2/dags").status_code == 401  # Airflow's own API
+    for path in (META, "/covidflow/api/geo", f"/covidflow/api/freshness?alias={ALIAS}"):
+        resp = get(path)
+        assert resp.status_code == 401, f"{path}: {resp.status_code} {resp.text[:200]}"
+        assert resp.json() == {"detail": "Not authenticated"}
+    resp = get(META, headers={"Authorization": "Bearer not-a-token"})
+    assert resp.status_code == 403 and resp.json() == {"detail": "Invalid JWT token"}
+
+
+def test_dashboard_api_answers_with_the_airflow_token_or_ui_cookie(dashboard_index: str, airflow_token: str) -> None:
+    by_bearer = get(META, headers={"Authorization": f"Bearer {airflow_token}"})
+    assert by_bearer.status_code == 200, by_bearer.text
+    assert "hospital_occupancy" in {m["name"] for m in by_bearer.json()["metrics"]}
+    by_cookie = get(META, cookies={"_token": airflow_token})  # what the Airflow UI sets at login
+    assert by_cookie.status_code == 200, by_cookie.text
+    assert by_cookie.json() == by_bearer.json()
+
+
+def test_dashboard_page_sends_an_anonymous_browser_to_airflow_login(airflow_token: str) -> None:
+    page = f"/covidflow/?alias={ALIAS}"
+    resp = get(page)
+    assert resp.status_code == 307, resp.text
+    login = urlsplit(resp.headers["location"])
+    assert login.path == "/api/v2/auth/login"
+    assert parse_qs(login.query)["next"] == [f"{airflow_url()}{page}"]
+    # Airflow's entry point accepts the return address and sends on to the auth manager's login page.
+    onward = get(resp.headers["location"])
+    assert onward.status_code == 307, onward.text
+    assert urlsplit(onward.headers["location"]).path == "/auth/login"
+    assert parse_qs(urlsplit(onward.headers["location"]).query)["next"] == [f"{airflow_url()}{page}"]
+    logged_in = get(page, cookies={"_token": airflow_token})
+    assert logged_in.status_code == 200 and "text/html" in logged_in.headers["content-type"]

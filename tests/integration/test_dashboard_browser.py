@@ -3,6 +3,9 @@ reading the test alias filled with the bundled samples (see test_dashboard_api.i
 
 Chromium is driven through its DevTools protocol with websocket-client: no driver binary, no download.
 Missing Chromium is a failure that says how to install it, never a skip.
+
+The browser logs in first, as a person would: the dashboard sends it to Airflow's login page, it signs in as the
+stack's admin, and lands back on the dashboard (issue 14, item 8).
 """
 
 from __future__ import annotations
@@ -122,7 +125,9 @@ def page(dashboard_index: str) -> Iterator[Page]:  # noqa: F811
         port = port_file.read_text().split()[0]
         targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list"))
         tab = next(t for t in targets if t["type"] == "page")
-        yield Page(tab["webSocketDebuggerUrl"])
+        page = Page(tab["webSocketDebuggerUrl"])
+        log_in(page)
+        yield page
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -132,6 +137,30 @@ def page(dashboard_index: str) -> Iterator[Page]:  # noqa: F811
 def dashboard_url(**state: str) -> str:
     base = os.environ.get("COVIDFLOW_AIRFLOW_URL", settings.AIRFLOW_URL)
     return f"{base}/covidflow/?{urlencode({'alias': ALIAS, **state})}"
+
+
+def api_status(page: Page) -> int:
+    """What the dashboard API answers this browser (its cookies go along), from any page of the server."""
+    return page.js("fetch('/covidflow/api/geo').then(r => r.status)")
+
+
+def log_in(page: Page) -> None:
+    """A new visitor opens the dashboard: Airflow's login page comes first; signing in as the stack's admin comes
+    back to the dashboard, and the UI's ``_token`` cookie then goes with every API call."""
+    from covidflow.stack.services.airflow import ADMIN_USER, admin_password
+
+    page.call("Page.navigate", url=dashboard_url())
+    page.wait("location.pathname === '/auth/login' && !!document.querySelector('input[name=password]')", 60)
+    assert "next=" in page.js("location.search") and "covidflow" in page.js("decodeURIComponent(location.search)")
+    assert api_status(page) == 401
+    for name, value in (("username", ADMIN_USER), ("password", admin_password())):
+        page.js(f"document.querySelector('input[name={name}]').focus()")
+        page.call("Input.insertText", text=value)
+    page.wait("!document.querySelector('button[type=submit]').disabled")
+    page.js("document.querySelector('button[type=submit]').click()")
+    page.wait("location.pathname === '/covidflow/' && document.body.dataset.ready === '1'", 60)
+    assert page.js("new URLSearchParams(location.search).get('alias')") == ALIAS
+    assert api_status(page) == 200
 
 
 def open_dashboard(page: Page, **state: str) -> None:
