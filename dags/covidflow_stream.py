@@ -62,8 +62,8 @@ def check_and_act(params: dict[str, Any]) -> dict[str, Any]:
     print(
         f"alive={health['alive']} hung={health['hung']} stuck={health['stuck']} apps={health['running_apps']} "
         f"last_batch_at={health['last_batch_at']} (age {health['last_batch_age_seconds']}s) "
-        f"batch_in_progress={health['batch_in_progress']} (running {health['batch_running_seconds']}s, "
-        f"limit {health['stuck_after_seconds']}s) heartbeat_age={health['heartbeat_age_seconds']}s "
+        f"batch_in_progress={health['batch_in_progress']} batch_running_seconds={health['batch_running_seconds']} "
+        f"stuck_after={health['stuck_after_seconds']} heartbeat_age_seconds={health['heartbeat_age_seconds']} "
         f"input_rows/s={health['input_rows_per_second']} processed_rows/s={health['processed_rows_per_second']} "
         f"lag_messages={health['lag_messages']} offsets_behind={health['offsets_behind_latest']}"
     )
