@@ -102,6 +102,16 @@ def rerun(source_id: str, key: str, bucket: str) -> None:
     assert "purge_obsolete" in done.stdout and "success" in done.stdout, done.stdout
 
 
+def delete_rows(sess: Any, records: list[dict[str, Any]], since: datetime) -> None:
+    """Both record tables' rows of ``records`` (any ingest before ``since``), by their keys: a test's cleanup."""
+    from covidflow.index.es_writer import es_document
+    from covidflow.ops.purge import RECORD_TABLES, _delete_rows, delete_cql, key_columns
+
+    columns = {table: key_columns(table) for table in RECORD_TABLES}
+    statements = {t: sess.prepare(delete_cql("covidflow", t, cols)) for t, cols in columns.items()}
+    _delete_rows(sess, statements, columns, [(es_document(r), since) for r in records])
+
+
 def until(check: Any, what: str, timeout: float = 300) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -185,3 +195,79 @@ def test_a_rerun_after_a_fix_leaves_exactly_its_records_in_both_stores_and_newer
         for key in (old_key, new_key):  # the purge with "now" as the re-run time removes every record of the key
             purge_object(PurgeTarget(source_id, key, None, datetime.now(UTC)), es=es, session=sess)
         sess.execute("DELETE FROM covidflow.vintages_by_source WHERE source_id = %s", [source_id], timeout=60)
+
+
+# -- the purge on the real stores, whatever the stream's order --------------------------------------------------
+
+
+def test_the_purge_keeps_the_reruns_rows_written_before_or_after_it_and_newer_vintages() -> None:
+    """Store level: the re-run's records written before the purge (stream early) and after it (stream late) both
+    survive; the rest of the object's vintage goes from both tables and Elasticsearch; a newer vintage is untouched;
+    a document changed between the search and the delete is kept (seq_no guard)."""
+    from itertools import islice
+
+    from covidflow.catalog.schema import record_id
+    from covidflow.index.es_writer import EsWriter
+    from covidflow.index.es_writer import client as es_client
+    from covidflow.normalise.preview import run_file
+    from covidflow.ops.purge import PurgeTarget, _delete_docs, obsolete_query, purge_object
+    from covidflow.store.cassandra_writer import CassandraWriter, session
+
+    source_id = f"it_purge_st_{uuid.uuid4().hex[:8]}"
+    key, newer_key = f"it-purge/{source_id}/a.csv", f"it-purge/{source_id}/b.csv"
+    vintage, newer_vintage = datetime(2022, 11, 18, tzinfo=UTC), datetime(2022, 11, 25, tzinfo=UTC)
+    first_ingest, rerun_at = datetime(2026, 1, 1, 10, tzinfo=UTC), datetime(2026, 1, 1, 11, tzinfo=UTC)
+    spec = find_spec(BASE)
+    base = list(islice(run_file(spec, spec.sample_path)[0], 20))
+
+    def made(rows: list[dict[str, Any]], at: datetime, ingested: datetime, object_key: str) -> list[dict[str, Any]]:
+        out = []
+        for r in rows:
+            r = {**r, "source_id": source_id, "vintage": at, "ingested_at": ingested, "source_object_key": object_key}
+            out.append({**r, "record_id": record_id(r)})
+        return out
+
+    sess, es = session(), es_client()
+    cass, index = CassandraWriter(sess), EsWriter(es)
+    first = made(base, vintage, first_ingest, key)
+    newer = made(base[:5], newer_vintage, first_ingest, newer_key)
+    early = made(base[:5], vintage, rerun_at, key)  # the stream wrote these before the purge
+    late = made(base[5:10], vintage, rerun_at, key)  # and these after it
+    try:
+        for batch in (first, newer, early):
+            cass.write(batch)
+            index.write(batch)
+        result = purge_object(PurgeTarget(source_id, key, vintage, rerun_at), es=es, session=sess)
+        assert result.found == 15 and result.es_deleted == 15  # the 10 obsolete + the 5 the stream rewrites late
+        cass.write(late)
+        index.write(late)
+
+        rows = by_vintage(sess, source_id, vintage)
+        kept = {(r["location_key"], r["metric"], week_of(r["date"])) for r in early + late}
+        assert set(rows) == kept and {v[1].replace(tzinfo=UTC) for v in rows.values()} == {rerun_at}
+        docs = documents(es, source_id, key)
+        assert set(docs) == kept and {v[2][:19] for v in docs.values()} == {"2026-01-01T11:00:00"}
+        newer_rows = by_vintage(sess, source_id, newer_vintage)
+        assert len(newer_rows) == 5 and len(documents(es, source_id, newer_key)) == 5
+        places = {r["location_key"] for r in first}
+        got = {k: v[1].replace(tzinfo=UTC) for k, v in latest(sess, source_id, places).items()}
+        want = {(r["location_key"], r["metric"], week_of(r["date"])): newer_vintage for r in newer}
+        want |= {(r["location_key"], r["metric"], week_of(r["date"])): vintage for r in late}
+        assert got == want  # the obsolete keys are gone, the newer vintage stays where it has the key
+
+        # The seq_no guard: a document rewritten between the search and the delete is kept.
+        target = PurgeTarget(source_id, key, vintage, datetime(2026, 1, 1, 12, tzinfo=UTC))
+        es.indices.refresh(index="covid-observations")
+        hits = es.search(index="covid-observations", query=obsolete_query(target), seq_no_primary_term=True,
+                         size=100)["hits"]["hits"]  # fmt: skip
+        assert len(hits) == 10
+        index.write(late[:1])  # the stream rewrites one of them meanwhile
+        assert _delete_docs(es, hits) == (9, 1, 0)
+        assert _delete_docs(es, hits)[0] == 0  # again: nothing more is deleted, nothing raises
+    finally:
+        for object_key in (key, newer_key):
+            purge_object(PurgeTarget(source_id, object_key, None, datetime.now(UTC)), es=es, session=sess)
+        # The guard check deleted documents but not their rows: those keys are no longer in Elasticsearch.
+        delete_rows(sess, first + newer, datetime.now(UTC))
+        sess.execute("DELETE FROM covidflow.vintages_by_source WHERE source_id = %s", [source_id], timeout=60)
+        assert documents(es, source_id, key) == {} and by_vintage(sess, source_id, vintage) == {}
