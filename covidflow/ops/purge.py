@@ -244,6 +244,11 @@ def _delete_rows(session: Any, statements: dict[str, Any], columns: dict[str, li
         execute_concurrent_with_args(session, stmt, args, concurrency=CONCURRENCY, raise_on_first_error=True)
 
 
+def _no_document(result: Mapping[str, Any]) -> bool:
+    error = result.get("error") or {}
+    return result.get("status") == 409 and "no document was found" in str(error.get("reason", ""))
+
+
 def _delete_docs(es: Any, hits: list[dict[str, Any]]) -> tuple[int, int, int]:
     """(deleted, kept because changed since the search, already gone); other errors raise."""
     from elasticsearch import helpers
@@ -257,10 +262,10 @@ def _delete_docs(es: Any, hits: list[dict[str, Any]]) -> tuple[int, int, int]:
         status = result.get("status")
         if ok and result.get("result") == "deleted":
             deleted += 1
+        elif status == 404 or result.get("result") == "not_found" or _no_document(result):
+            gone += 1  # deleted since the search (a guarded delete of a missing document is a 409 too)
         elif status == 409:  # version conflict: the stream rewrote it (the re-run's record): keep it
             kept += 1
-        elif status == 404 or result.get("result") == "not_found":
-            gone += 1
         else:
             errors.append(result)
     if errors:
@@ -329,7 +334,8 @@ def purge_published(
             continue
         target = target_of(source_id, summary, spec)
         log.info("purging %s", target.describe())
-        result = purge_object(target, es=es, session=session, wait_timeout=wait_timeout, settle=settle)
+        wait = wait_timeout if summary.get("records_out", 1) else 0.0  # nothing re-published: nothing to wait for
+        result = purge_object(target, es=es, session=session, wait_timeout=wait, settle=settle)
         results.append(result.to_dict())
     return results
 
