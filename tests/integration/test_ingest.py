@@ -330,6 +330,13 @@ def test_kafka_killed_inside_a_transaction_commits_nothing_and_the_retry_publish
     assert sorted(m["value"]["record_index"] for m in messages) == list(range(1, len(rows) + 1))  # once each
     written = sum(hi - start.get(p, 0) for p, hi in end_offsets(RAW_TOPIC).items())
     assert written > len(rows) + len(rows) // 4, "the first attempt's records should be in the log, aborted"
+    from fault_matrix import record as record_fault
+
+    indices = [m["value"]["record_index"] for m in messages]
+    record_fault("Kafka killed during publish (raw records, read_committed)", {
+        "sent": len(rows), "stored_cassandra": -1, "stored_elasticsearch": -1,  # the stream is not part of it
+        "duplicated": len(indices) - len(set(indices)), "lost": len(set(range(1, len(rows) + 1)) - set(indices)),
+    }, committed_in_kafka=len(indices), aborted_in_log=written - len(indices))  # fmt: skip
 
 
 def test_an_object_cut_midway_publishes_nothing_one_dead_letter_and_fails_once(

@@ -309,6 +309,14 @@ def test_reindex_under_the_stream_writer_loses_no_update(es) -> None:
 
     expected.update(written)
     got = all_values(es, alias)
+    from fault_matrix import record as record_fault
+
+    record_fault("a rollover, then a reindex during a stream of writes (Elasticsearch)", {
+        "sent": len(expected), "stored_cassandra": -1,  # the real EsWriter only: Cassandra is not involved
+        "stored_elasticsearch": sum(got.get(k) == v for k, v in expected.items()),
+        "duplicated": es.count(index=alias)["count"] - len(got) + len(set(got) - set(expected)),
+        "lost": sum(got.get(k) != v for k, v in expected.items()),
+    }, updates_during_reindex=len(updates))  # fmt: skip
     assert sorted(got) == sorted(expected)  # the full id set
     lost = {k: (got[k], v) for k, v in expected.items() if got[k] != v}
     assert lost == {}, f"{len(lost)} updates lost: {sorted(lost.items())[:5]}"

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from fault_matrix import assert_clean
 from test_e2e import _producer, _require_services, cassandra_by_vintage, es_by_vintage, expected_records
 
 from covidflow.catalog.specs import find_spec, load_all
@@ -93,3 +94,4 @@ def test_driver_killed_mid_batch_is_restarted_by_the_dag_without_duplicates_or_g
     want = {rid: r["value"] for rid, r in expected.items()}
     assert cassandra_by_vintage(expected) == want
     assert es_by_vintage(expected) == want
+    assert_clean("Spark driver killed mid-batch", expected)
