@@ -65,13 +65,19 @@ def active_stages(app_id: str) -> int:
     return 0
 
 
-def test_driver_killed_mid_batch_is_restarted_by_the_dag_without_duplicates_or_gaps() -> None:
+def idle_stream() -> str:
+    """The stream's app id, once it runs (started by the DAG if needed) and has drained its backlog."""
     _require_services()
     airflow("dags", "unpause", "covidflow_stream")
     if not running_stream_app():
         airflow("dags", "trigger", "covidflow_stream")
     app = wait_for("the stream to run", running_stream_app, 400)
     wait_for("the backlog to drain", lambda: stream_health()["lag_messages"] == 0, 900, every=10)
+    return app
+
+
+def test_driver_killed_mid_batch_is_restarted_by_the_dag_without_duplicates_or_gaps() -> None:
+    app = idle_stream()
 
     vintage = datetime.now(UTC).replace(microsecond=0)
     files = [(s.id, s.sample_path) for s in load_all().values() if s.sample_path and s.sample_path.exists()]

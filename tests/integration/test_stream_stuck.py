@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 
 import psutil
 import pytest
-from test_e2e import _producer, _require_services, cassandra_by_vintage, es_by_vintage, expected_records
-from test_stream_recovery import active_stages, airflow, running_stream_app, wait_for
+from test_e2e import _producer, cassandra_by_vintage, es_by_vintage, expected_records
+from test_stream_recovery import active_stages, idle_stream, running_stream_app, wait_for
 
 from covidflow.catalog.specs import find_spec
 from covidflow.normalise.replay import publish_file
@@ -61,12 +61,7 @@ def paused(pids: list[int]) -> Iterator[None]:
 
 
 def test_a_batch_stuck_on_a_blocked_sink_is_killed_and_resumed_from_the_checkpoint() -> None:
-    _require_services()
-    airflow("dags", "unpause", "covidflow_stream")
-    if not running_stream_app():
-        airflow("dags", "trigger", "covidflow_stream")
-    app = wait_for("the stream to run", running_stream_app, 400)
-    wait_for("the backlog to drain", lambda: stream_health()["lag_messages"] == 0, 900, every=10)
+    app = idle_stream()
 
     vintage = datetime.now(UTC).replace(microsecond=0)
     files = [(sid, find_spec(sid).sample_path) for sid in ("who_covid19_global_weekly", "spf_donnees_hospitalieres")]
