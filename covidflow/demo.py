@@ -90,15 +90,13 @@ def published_vintage(source_id: str, key: str, etag: str) -> datetime:
 
 def stored_counts(published: dict[str, tuple[str, str, datetime]]) -> dict[str, tuple[int, int]]:
     """source id -> (rows in Cassandra, documents in Elasticsearch) of exactly the published object version."""
-    from elasticsearch import Elasticsearch
-
+    from covidflow import clients
     from covidflow.catalog.schema import load_schema
-    from covidflow.store.cassandra_writer import session
 
     schema = load_schema()
     keyspace, alias = schema.cassandra["keyspace"], schema.elasticsearch["write_alias"]
-    sess = session()
-    es = Elasticsearch(settings.ELASTICSEARCH_URL)
+    sess = clients.cassandra_session()
+    es = clients.elasticsearch()
     es.indices.refresh(index=alias, ignore_unavailable=True)
     counts = {}
     for source_id, (key, etag, vintage) in published.items():

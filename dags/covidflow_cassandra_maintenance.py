@@ -60,22 +60,21 @@ def covidflow_cassandra_maintenance() -> None:
         return cfg, params.get("keyspace") or cfg["keyspace"], thresholds
 
     def _collect() -> dict[str, Any]:
-        from airflow.providers.apache.cassandra.hooks.cassandra import CassandraHook
-
+        from covidflow import clients
         from covidflow.store import maintenance as m
 
         cfg, keyspace, thresholds = _settings()
-        hook = CassandraHook(cassandra_conn_id=settings.CONN_CASSANDRA)
+        sess = clients.cassandra_session(conn_id=settings.CONN_CASSANDRA, cached=False)
         try:
             nodes = m.collect(
-                hook.get_conn(),
+                sess,
                 keyspace,
                 history_days=cfg["compaction_history_days"],
                 nodetool=cfg.get("nodetool"),
                 thresholds=thresholds,
             )
         finally:
-            hook.shutdown_cluster()
+            sess.cluster.shutdown()
         if not nodes:
             raise RuntimeError(f"no Cassandra node is up for keyspace {keyspace}")
         return m.build_report(keyspace, nodes, thresholds, drift_severity=cfg.get("compaction_drift_severity", "fail"))

@@ -69,9 +69,9 @@ def covidflow_es_rebuild() -> None:
 
     @task
     def rebuild(alias: str) -> dict[str, Any]:
-        from airflow.providers.apache.cassandra.hooks.cassandra import CassandraHook
         from airflow.sdk.exceptions import AirflowFailException
 
+        from covidflow import clients
         from covidflow.index import maintenance as m
         from covidflow.index.rebuild import rebuild as rebuild_from
 
@@ -80,13 +80,13 @@ def covidflow_es_rebuild() -> None:
         keyspace = params.get("keyspace") or cfg["cassandra"]["keyspace"]
         table = params.get("source_table") or rb["source_table"]
         es = m.client(settings.CONN_ELASTICSEARCH)
-        hook = CassandraHook(cassandra_conn_id=settings.CONN_CASSANDRA)
+        sess = clients.cassandra_session(conn_id=settings.CONN_CASSANDRA, cached=False)
         try:
-            result = rebuild_from(hook.get_conn(), es, keyspace, alias, table=table, ranges=rb["token_ranges"],
+            result = rebuild_from(sess, es, keyspace, alias, table=table, ranges=rb["token_ranges"],
                                   page_size=rb["page_size"], batch_size=rb["batch_size"],
                                   progress_every=rb["progress_every"])  # fmt: skip
         finally:
-            hook.shutdown_cluster()
+            sess.cluster.shutdown()
         es.indices.refresh(index=alias)
         count = es.count(index=alias)["count"]
         print(f"rebuild check: {result['rows']} rows of {keyspace}.{table} (one per record id), {count} documents "

@@ -1,4 +1,4 @@
-"""Stack check: one task per service, each through its provider hook and the covidflow connection."""
+"""Stack check: one task per service, each through the covidflow connection (provider hook or covidflow.clients)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ DOC = """
 ### covidflow stack check
 
 Proves that Airflow reaches every service of the stack **through its connection** (the
-`AIRFLOW_CONN_*` variables built by `covidflow.stack.connections`), with the provider's own hook:
+`AIRFLOW_CONN_*` variables built by `covidflow.stack.connections`), with the provider's own hook, or for the two
+stores with the factory every covidflow component uses (`covidflow.clients`), so the check proves their path:
 
-| task | hook | check |
+| task | client | check |
 |---|---|---|
 | `s3` | `S3Hook` | lists buckets; the landing bucket exists |
 | `kafka` | `KafkaAdminClientHook` | lists topics |
-| `cassandra` | `CassandraHook` | `SELECT release_version FROM system.local` |
-| `elasticsearch` | `ElasticsearchSQLHook` (its `.es` Python client) | cluster health is not red |
+| `cassandra` | `covidflow.clients.cassandra_session` | `SELECT release_version FROM system.local` |
+| `elasticsearch` | `covidflow.clients.elasticsearch` | cluster health is not red |
 | `spark` | `SparkSubmitHook` | resolves the master from the connection; the master is ALIVE with a worker |
 
 Triggered by `make demo`; run by hand with `airflow dags test covidflow_stack_check`.
@@ -58,19 +59,19 @@ def covidflow_stack_check() -> None:
 
     @task
     def cassandra() -> str:
-        from airflow.providers.apache.cassandra.hooks.cassandra import CassandraHook
+        from covidflow import clients
 
-        hook = CassandraHook(cassandra_conn_id=settings.CONN_CASSANDRA)
+        sess = clients.cassandra_session(conn_id=settings.CONN_CASSANDRA, cached=False)
         try:
-            return hook.get_conn().execute("SELECT release_version FROM system.local").one().release_version
+            return sess.execute("SELECT release_version FROM system.local").one().release_version
         finally:
-            hook.shutdown_cluster()
+            sess.cluster.shutdown()
 
     @task
     def elasticsearch() -> dict:
-        from airflow.providers.elasticsearch.hooks.elasticsearch import ElasticsearchSQLHook
+        from covidflow import clients
 
-        es = ElasticsearchSQLHook(elasticsearch_conn_id=settings.CONN_ELASTICSEARCH).get_conn().es
+        es = clients.elasticsearch(conn_id=settings.CONN_ELASTICSEARCH, request_timeout=30)
         health = es.cluster.health(timeout="10s").body
         if health["status"] == "red":
             raise RuntimeError(f"Elasticsearch cluster is red: {health}")

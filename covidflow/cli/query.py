@@ -85,7 +85,7 @@ def query_cassandra(
     """Latest: observations_latest (newest vintage wins by write time). As of: per source, the newest
     vintage <= as_of (vintages_by_source) whose observations_by_vintage partition has this series."""
     from covidflow.catalog.schema import load_schema
-    from covidflow.store.cassandra_writer import session
+    from covidflow.clients import cassandra_session as session
 
     ks = load_schema().cassandra["keyspace"]
     sess = session()  # shared by the process: its row factory is left alone (rows are named tuples)
@@ -124,7 +124,8 @@ def query_elasticsearch(
     """Every vintage is its own document; the newest per key (<= as_of) is chosen here."""
     from elasticsearch import helpers
 
-    from covidflow.index.es_writer import client, write_alias
+    from covidflow.clients import elasticsearch as client
+    from covidflow.index.es_writer import write_alias
 
     flt: list[dict[str, Any]] = [{"term": {"location_key": location}}, {"term": {"metric": metric}}]
     if start or end:

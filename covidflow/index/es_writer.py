@@ -16,13 +16,12 @@ from datetime import UTC, date, datetime
 from functools import cache
 from typing import Any
 
-from covidflow import settings
+from covidflow import clients
 from covidflow.catalog.schema import ObservationSchema, load_schema
 from covidflow.index.es_template import TEMPLATE_NAME, first_index_body, generate_template
 from covidflow.store.cassandra_writer import canonical_table
 
 log = logging.getLogger(__name__)
-_CLIENTS: dict[str, Any] = {}
 ID_LOOKUP_CHUNK = 5000  # ids per mget request
 #: Bulk requests: at most this many documents and bytes each (~1 KB per document: ~2 MB requests), and this many
 #: in flight. Measured in bench/store_writers.py on the local 2-core stack.
@@ -31,14 +30,9 @@ BULK_BYTES = 8 * 1024 * 1024
 BULK_THREADS = 2
 
 
-def client(url: str | None = None) -> Any:
-    """A cached client; the minimal server answers 405 on ``GET /``, so never ping()/info() it."""
-    url = url or settings.ELASTICSEARCH_URL
-    if url not in _CLIENTS:
-        from elasticsearch import Elasticsearch
-
-        _CLIENTS[url] = Elasticsearch(url, request_timeout=60, retry_on_timeout=True, max_retries=3)
-    return _CLIENTS[url]
+#: The Elasticsearch factory (covidflow.clients): connection or settings, cached per endpoint; ``url`` replaces the
+#: address only.
+client = clients.elasticsearch
 
 
 def write_alias(schema: ObservationSchema | None = None) -> str:

@@ -213,22 +213,16 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 def client(conn_id: str) -> Any:
-    """The Python client from the provider's ElasticsearchPythonHook, built from the Airflow connection.
+    """The client of the connection ``conn_id`` (covidflow.clients), checked not red.
 
-    ElasticsearchPythonHook takes hosts rather than a conn id, so the connection is resolved here.
+    Not ping(): GET / is 405 on the minimal distribution.
     """
-    from airflow.providers.elasticsearch.hooks.elasticsearch import ElasticsearchPythonHook
-    from airflow.sdk import BaseHook
+    from covidflow import clients
 
-    conn = BaseHook.get_connection(conn_id)
-    url = f"{conn.schema or 'http'}://{conn.host}:{conn.port or 9200}"
-    args: dict[str, Any] = {"request_timeout": 120}
-    if conn.login:
-        args["basic_auth"] = (conn.login, conn.password)
-    es = ElasticsearchPythonHook(hosts=[url], es_conn_args=args).get_conn
-    health = es.cluster.health(timeout="30s")  # not ping(): GET / is 405 on the minimal distribution
+    es = clients.elasticsearch(conn_id=conn_id, request_timeout=120)
+    health = es.cluster.health(timeout="30s")
     if health["status"] == "red":
-        raise RuntimeError(f"Elasticsearch at {url} is red: {dict(health)}")
+        raise RuntimeError(f"Elasticsearch of connection {conn_id} is red: {dict(health)}")
     return es
 
 

@@ -42,9 +42,11 @@ class StreamConfig:
     bootstrap: str = settings.KAFKA_BOOTSTRAP
     raw_topic: str = RAW_TOPIC
     deadletter_topic: str = DEADLETTER_TOPIC
-    cassandra_host: str = settings.CASSANDRA_HOST
-    cassandra_port: int = settings.CASSANDRA_PORT
-    elasticsearch_url: str = settings.ELASTICSEARCH_URL
+    #: Address overrides only (None: the Airflow connection, else settings, through covidflow.clients);
+    #: credentials always come from the connection.
+    cassandra_host: str | None = None
+    cassandra_port: int | None = None
+    elasticsearch_url: str | None = None
     checkpoint: str = field(default_factory=lambda: str(state_dir() / "checkpoint"))
     heartbeat: str = field(default_factory=lambda: str(state_dir() / "heartbeat.json"))
     max_offsets_per_trigger: int = 20000
@@ -60,6 +62,9 @@ class StreamConfig:
             "deadletter_topic": os.environ.get("COVIDFLOW_STREAM_DEADLETTER_TOPIC"),
             "checkpoint": os.environ.get("COVIDFLOW_STREAM_CHECKPOINT"),
             "cassandra_port": os.environ.get("COVIDFLOW_STREAM_CASSANDRA_PORT"),
+            # An address set explicitly in the job's environment wins over the connection's (forwarders in tests).
+            "elasticsearch_url": os.environ.get("COVIDFLOW_STREAM_ELASTICSEARCH_URL")
+            or os.environ.get("COVIDFLOW_ELASTICSEARCH_URL"),
             "max_offsets_per_trigger": os.environ.get("COVIDFLOW_STREAM_MAX_OFFSETS"),
             "trigger_seconds": os.environ.get("COVIDFLOW_STREAM_TRIGGER_SECONDS"),
         }

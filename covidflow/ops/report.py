@@ -38,15 +38,10 @@ MAPPING: dict[str, Any] = {
 
 
 def client(conn_id: str = settings.CONN_ELASTICSEARCH) -> Any:
-    """An Elasticsearch client from the Airflow connection (login/password when set)."""
-    from airflow.sdk import BaseHook
-    from elasticsearch import Elasticsearch
+    """The report's Elasticsearch client (covidflow.clients: the Airflow connection, credentials when set)."""
+    from covidflow import clients
 
-    conn = BaseHook.get_connection(conn_id)
-    args: dict[str, Any] = {"request_timeout": 30, "max_retries": 2, "retry_on_timeout": True}
-    if conn.login:
-        args["basic_auth"] = (conn.login, conn.password)
-    return Elasticsearch(f"{conn.schema or 'http'}://{conn.host}:{conn.port or 9200}", **args)
+    return clients.elasticsearch(conn_id=conn_id, request_timeout=30, max_retries=2)
 
 
 def doc_id(*parts: Any) -> str:

@@ -21,15 +21,10 @@ def s3_client() -> Any:
 
 
 def cassandra_session() -> Any:
-    """A cassandra-driver session from the covidflow_cassandra connection (credentials when set)."""
-    from airflow.sdk import BaseHook
-    from cassandra.auth import PlainTextAuthProvider
-    from cassandra.cluster import Cluster
+    """A session of its own (covidflow.clients, connection covidflow_cassandra): the caller shuts its cluster down."""
+    from covidflow import clients
 
-    conn = BaseHook.get_connection(settings.CONN_CASSANDRA)
-    auth = PlainTextAuthProvider(conn.login, conn.password) if conn.login else None
-    cluster = Cluster([conn.host], port=int(conn.port or 9042), auth_provider=auth, connect_timeout=10)
-    return cluster.connect()
+    return clients.cassandra_session(conn_id=settings.CONN_CASSANDRA, cached=False)
 
 
 def freshness_docs(verdicts: list[Verdict], dag_id: str, run_id: str) -> list[dict[str, Any]]:

@@ -113,24 +113,13 @@ def resolve_alias(requested: str | None, configured: str) -> str:
 
 
 def client_from_connection(conn_id: str = settings.CONN_ELASTICSEARCH) -> Any:
-    """The client of the provider's ElasticsearchPythonHook, built from the Airflow connection.
+    """The dashboard's client (covidflow.clients): the Airflow connection, else ``settings.ELASTICSEARCH_URL``.
 
-    The hook takes hosts, not a conn id, so the connection is resolved here; outside Airflow (no such
-    connection) ``settings.ELASTICSEARCH_URL`` is used. Never ping(): the minimal server answers 405 on /.
+    Short timeout: a page waits on it. Never ping(): the minimal server answers 405 on /.
     """
-    from airflow.providers.elasticsearch.hooks.elasticsearch import ElasticsearchPythonHook
+    from covidflow import clients
 
-    url, args = settings.ELASTICSEARCH_URL, {"request_timeout": 10}
-    try:
-        from airflow.models.connection import Connection
-
-        conn = Connection.get_connection_from_secrets(conn_id)
-        url = f"{conn.schema or 'http'}://{conn.host}:{conn.port or settings.ELASTICSEARCH_PORT}"
-        if conn.login:
-            args["basic_auth"] = (conn.login, conn.password)
-    except Exception as exc:  # AirflowNotFoundException, or no Airflow configuration at all
-        log.info("connection %s not available (%s); using %s", conn_id, exc, url)
-    return ElasticsearchPythonHook(hosts=[url], es_conn_args=args).get_conn
+    return clients.elasticsearch(conn_id=conn_id, request_timeout=10)
 
 
 def search(es: Any, index: str, body: dict[str, Any]) -> dict[str, Any]:

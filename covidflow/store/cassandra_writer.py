@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from operator import itemgetter
 from typing import Any
 
-from covidflow import settings
+from covidflow import clients
 from covidflow.catalog.schema import ObservationSchema, arrow_schema, load_schema, write_version, write_versions
 from covidflow.store.cassandra_schema import generate_cql, statements
 
@@ -40,31 +40,12 @@ MAX_BATCH_BYTES = 40 * 1024
 SLICE_ROWS = 100_000
 LATEST_TABLE = "observations_latest"
 TIMESTAMP_MARKER = "[timestamp]"  # the driver's name for the ``USING TIMESTAMP ?`` bind marker
-PROTOCOL_VERSION = 5
-_SESSIONS: dict[tuple[str, int], Any] = {}
+PROTOCOL_VERSION = clients.CASSANDRA_PROTOCOL_VERSION
 
 
-def session(host: str | None = None, port: int | None = None) -> Any:
-    """A cached cassandra-driver session (creating a Cluster per batch would cost ~1 s each time).
-
-    Token-aware: a batch (routing key of its first statement, i.e. its partition) goes straight to a replica
-    of that partition, with no coordinator hop on a multi-node cluster.
-    """
-    key = (host or settings.CASSANDRA_HOST, port or settings.CASSANDRA_PORT)
-    if key not in _SESSIONS:
-        from cassandra.cluster import Cluster
-        from cassandra.policies import ExponentialReconnectionPolicy, RoundRobinPolicy, TokenAwarePolicy
-
-        cluster = Cluster(
-            [key[0]],
-            port=key[1],
-            load_balancing_policy=TokenAwarePolicy(RoundRobinPolicy()),
-            protocol_version=PROTOCOL_VERSION,
-            # Reconnect within seconds after an outage (the default backs off to 10 minutes).
-            reconnection_policy=ExponentialReconnectionPolicy(1.0, 10.0),
-        )
-        _SESSIONS[key] = cluster.connect()
-    return _SESSIONS[key]
+#: The Cassandra factory (covidflow.clients): connection or settings, one cached session per endpoint (a Cluster per
+#: batch would cost ~1 s each time); ``host``/``port`` replace the address only.
+session = clients.cassandra_session
 
 
 def connect_with_retry(host: str | None = None, port: int | None = None, retry_for: float = 600.0) -> Any:

@@ -240,7 +240,7 @@ def test_an_outage_stalls_the_write_until_cassandra_is_back(
     clear(sess, ks)
     forwarder = Forwarder(9042)
     forwarder.up()
-    through = cassandra_writer.session("127.0.0.1", forwarder.port)
+    through = cassandra_writer.session("127.0.0.1", forwarder.port, cached=False)
     try:
         writer = CassandraWriter(through, keyspace=ks, retry_for=120)
         forwarder.down()
@@ -250,7 +250,6 @@ def test_an_outage_stalls_the_write_until_cassandra_is_back(
             counts = writer.write(records)
         back.join()
     finally:
-        cassandra_writer._SESSIONS.pop(("127.0.0.1", forwarder.port), None)
         through.cluster.shutdown()
         forwarder.down()
     assert counts == {"observations_latest": 900, "observations_by_vintage": 900, "vintages_by_source": 2}
