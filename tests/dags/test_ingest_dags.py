@@ -125,5 +125,7 @@ OPS_DAGS = [
 
 def test_ops_and_maintenance_dags_start_active(dagbag) -> None:
     """Issue 13: on a fresh stack nothing has to be unpaused by hand (ingest DAGs: test_ingest_dag_shape)."""
-    assert {d for d in dagbag.dag_ids if not d.startswith("ingest_")} == {*OPS_DAGS, "covidflow_stream"}
+    assert {d for d in dagbag.dag_ids if not d.startswith("ingest_")} == {*OPS_DAGS, "covidflow_stream",
+                                                                          "covidflow_stream_watch"}  # fmt: skip
+    assert dagbag.dags["covidflow_stream_watch"].is_paused_upon_creation is False  # supervision needs no click
     assert {d: dagbag.dags[d].is_paused_upon_creation for d in OPS_DAGS} == dict.fromkeys(OPS_DAGS, False)
