@@ -305,6 +305,9 @@ def test_samples_to_stores_and_query(tmp_path_factory: pytest.TempPathFactory) -
     assert beat2["totals"]["input_rows"] >= published
     assert cassandra_by_vintage(expected) == want
     assert es_by_vintage(expected) == want
+    from fault_matrix import assert_clean
+
+    assert_clean("the same objects replayed twice", expected)
 
     # A corrected file is a new vintage: the latest value changes, the earlier vintage stays queryable as of.
     corrected = bad_dir / "donnees-hospitalieres-covid19_e2e_corrected.csv"
@@ -321,6 +324,21 @@ def test_samples_to_stores_and_query(tmp_path_factory: pytest.TempPathFactory) -
     assert before["all"] == csv_hosp(spf, "75", "0", "2020-04-01")
     assert cassandra_by_vintage(expected) == want  # the earlier vintage is untouched
     assert_dashboard_shows_cassandra(9999.0)
+
+    # Corrected again under the same file name: same vintage, same ids, a lower value. The later ingest wins in
+    # every store (docs/decisions/0018); with the vintage as Cassandra's write time, the larger value stayed.
+    corrected.write_text('"dep";"sexe";"jour";"hosp";"rea";"rad";"dc"\n"75";0;"2020-04-01";5;1;1;1\n')
+    again = datetime.now(UTC).replace(microsecond=0)
+    publish_file(_producer(), find_spec("spf_donnees_hospitalieres"), corrected, vintage=v2, published_at=again)
+    run_job(state)
+    for store in ("cassandra", "elasticsearch"):
+        latest = {r["sex"]: (r["value"], r["vintage"]) for r in covidflow_query(*args, "--store", store)
+                  if r["source_id"] == spf_id}  # fmt: skip
+        assert latest["all"] == (5.0, v2.isoformat()), store
+    as_of_v2 = {r["sex"]: r["value"] for r in covidflow_query(*args, "--as-of", v2.isoformat())
+                if r["source_id"] == spf_id}  # fmt: skip
+    assert as_of_v2["all"] == 5.0  # observations_by_vintage
+    assert_dashboard_shows_cassandra(5.0)
 
 
 def test_an_aborted_ingest_transaction_never_reaches_the_stores() -> None:
