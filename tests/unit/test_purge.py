@@ -56,6 +56,8 @@ def test_the_query_selects_the_object_and_vintage_ingested_before_the_rerun_at_m
     assert {"range": {"vintage": {"gte": at, "lte": at}}} in filters
     newer = obsolete_query(target_of("s", SUMMARY), newer=True)["bool"]["filter"]
     assert {"range": {"ingested_at": {"gte": "2026-11-30T15:00:01.123+00:00"}}} in newer
+    assert {"range": {"vintage": {"gte": at, "lte": at}}} in newer
+    assert not any("source_object_key" in f.get("term", {}) for f in newer)  # ids name no object: any of them
     every = obsolete_query(target_of("s", SUMMARY, {"vintage": {"from": "column"}}))["bool"]["filter"]
     assert not any("vintage" in f.get("range", {}) for f in every)
 
