@@ -7,13 +7,12 @@ the maintenance DAGs, ``covidflow query``, the demo and the dashboard. The modul
 
 Where the address and the credentials come from, one rule for all:
 
-1. **The Airflow connection** (``settings.CONN_ELASTICSEARCH``, ``settings.CONN_CASSANDRA``) when one can exist:
-   in an Airflow process (a task, the api-server, the dag-processor: Airflow is already imported) or in a plain
-   process whose environment has ``AIRFLOW_CONN_<ID>`` or a secrets backend (``AIRFLOW__SECRETS__BACKEND``). It is
-   read with ``airflow.sdk.BaseHook.get_connection``, which in Airflow 3 works in tasks (through the supervisor),
-   in the api-server (secrets backends, then the metadata database) and in a plain process (environment, secrets
-   backends). JSON and URI forms both work. Login and password become Elasticsearch basic auth and Cassandra's
-   ``PlainTextAuthProvider``.
+1. **The Airflow connection** (``settings.CONN_ELASTICSEARCH``, ``settings.CONN_CASSANDRA``): in an Airflow process
+   (a task, the api-server, the dag-processor: Airflow is already imported) through Airflow's own lookup
+   (``airflow.sdk.BaseHook.get_connection``: environment, secrets backends, metadata database); in any other
+   process (the Spark driver a task starts, the CLI) from ``AIRFLOW_CONN_<ID>`` only, JSON or URI form, parsed
+   here without importing Airflow (seconds of start-up, and under a task it fails on the task's environment).
+   Login and password become Elasticsearch basic auth and Cassandra's ``PlainTextAuthProvider``.
 2. **Otherwise covidflow.settings** (the Spark executors, the CLI outside Airflow): Airflow is not even imported.
 
 Explicit ``url`` / ``host`` / ``port`` arguments replace the address only (the stream's and the tests' forwarders);
@@ -73,22 +72,54 @@ class Endpoint:
         return f"{','.join(self.hosts)}:{self.port} ({auth}, from {self.origin})"
 
 
-def _airflow_may_have(conn_id: str) -> bool:
-    return (
-        "airflow" in sys.modules
-        or f"AIRFLOW_CONN_{conn_id.upper()}" in os.environ
-        or bool(os.environ.get("AIRFLOW__SECRETS__BACKEND"))
-    )
+@dataclass(frozen=True)
+class _EnvConnection:
+    """The fields of an ``AIRFLOW_CONN_<ID>`` variable that the factories read, parsed without importing Airflow."""
+
+    host: str | None
+    port: int | None
+    login: str | None
+    password: str | None = field(repr=False)
+    schema: str | None
+    extra_dejson: dict[str, Any]
+
+
+def parse_conn_env(value: str) -> _EnvConnection:
+    """An ``AIRFLOW_CONN_*`` value, JSON or URI form (conn type as the scheme, then login, password, host, port,
+    schema as the path and the extras as the query, Airflow's URI layout)."""
+    import json
+    from urllib.parse import parse_qsl
+
+    text = value.strip()
+    if text.startswith("{"):
+        raw = json.loads(text)
+        extra = raw.get("extra") or {}
+        extra = json.loads(extra) if isinstance(extra, str) else dict(extra)
+        port = raw.get("port")
+        return _EnvConnection(raw.get("host"), int(port) if port not in (None, "") else None, raw.get("login"),
+                              raw.get("password"), raw.get("schema"), extra)  # fmt: skip
+    parts = urlsplit(text)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    extra = json.loads(query.pop("__extra__")) if "__extra__" in query else query
+    return _EnvConnection(unquote(parts.hostname or "") or None, parts.port,
+                          unquote(parts.username) if parts.username else None,
+                          unquote(parts.password) if parts.password else None,
+                          unquote(parts.path.lstrip("/")) or None, extra)  # fmt: skip
 
 
 def airflow_connection(conn_id: str) -> Any | None:
-    """The Airflow connection ``conn_id``, or None when there is none (no Airflow, or not defined)."""
-    if not _airflow_may_have(conn_id):
-        return None
-    try:
-        from airflow.sdk import BaseHook
-    except ImportError:
-        return None
+    """The Airflow connection ``conn_id``, or None when there is none.
+
+    In an Airflow process (a task, the api-server: Airflow already imported) Airflow's own lookup is used, secrets
+    backends included. Anywhere else (the Spark driver a task starts, the CLI) only ``AIRFLOW_CONN_<ID>`` is read,
+    parsed here: importing Airflow there costs seconds, and under a task it fails (the task's environment carries
+    no usable metadata-database URL).
+    """
+    if "airflow" not in sys.modules:
+        value = os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}")
+        return parse_conn_env(value) if value else None
+    from airflow.sdk import BaseHook
+
     try:
         return BaseHook.get_connection(conn_id)
     except Exception as exc:

@@ -140,3 +140,42 @@ def test_no_other_module_builds_store_clients() -> None:
         if pattern.search(line)
     ]
     assert found == []
+
+
+def test_outside_airflow_the_connection_is_read_from_the_environment_without_importing_airflow() -> None:
+    """The Spark driver a task starts inherits AIRFLOW_CONN_* and a task environment whose metadata-database URL
+    cannot be parsed: importing Airflow there failed the stream at start (CI rehearsal, 2026-11-30)."""
+    import subprocess
+    import sys
+
+    secret = "pw-" + "x" * 6
+    code = (
+        "import sys\n"
+        "from covidflow.clients import cassandra_endpoint, elasticsearch_endpoint\n"
+        "es, cql = elasticsearch_endpoint(), cassandra_endpoint()\n"
+        "assert 'airflow' not in sys.modules\n"
+        "print(es.urls[0], es.login, es.password, cql.hosts[0], cql.port, cql.login)\n"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "not a url",
+        "AIRFLOW_CONN_COVIDFLOW_ELASTICSEARCH": f"http://elastic:{secret}@es.example:9201",
+        "AIRFLOW_CONN_COVIDFLOW_CASSANDRA": json.dumps(
+            {"conn_type": "cassandra", "host": "cql.example", "port": 9043, "login": "cf", "password": secret}
+        ),
+    }
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["http://es.example:9201", "elastic", secret, "cql.example", "9043", "cf"]
+
+
+def test_conn_env_forms() -> None:
+    from covidflow.clients import parse_conn_env
+
+    login, password = quote("u@x", safe=""), quote("p/w", safe="")
+    uri = parse_conn_env(f"elasticsearch://{login}:{password}@h:9200/https?verify_certs=false")
+    assert (uri.host, uri.port, uri.login, uri.password, uri.schema) == ("h", 9200, "u@x", "p/w", "https")
+    assert uri.extra_dejson == {"verify_certs": "false"}
+    js = parse_conn_env('{"conn_type": "x", "host": "h", "extra": "{\\"a\\": 1}"}')
+    assert (js.host, js.port, js.login, js.extra_dejson) == ("h", None, None, {"a": 1})
+    assert "p/w" not in repr(uri)
