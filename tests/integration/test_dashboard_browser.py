@@ -88,10 +88,18 @@ class Page:
         return res["result"].get("value")
 
     def wait(self, expr: str, timeout: float = 20.0) -> None:
+        """Poll ``expr`` until true. While the page navigates (the login redirects) an evaluation can fail with
+        "context destroyed" or a missing element: that counts as not yet, and the last such error is reported."""
         deadline = time.monotonic() + timeout
-        while not self.js(expr):
+        failure: Exception | None = None
+        while True:
+            try:
+                if self.js(expr):
+                    return
+            except RuntimeError as exc:
+                failure = exc
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {expr}; console errors: {self.errors}")
+                raise AssertionError(f"timed out waiting for {expr}; last error: {failure}; console: {self.errors}")
             time.sleep(0.1)
 
     def screenshot(self, path: Path) -> None:
@@ -156,7 +164,7 @@ def log_in(page: Page) -> None:
     for name, value in (("username", ADMIN_USER), ("password", admin_password())):
         page.js(f"document.querySelector('input[name={name}]').focus()")
         page.call("Input.insertText", text=value)
-    page.wait("!document.querySelector('button[type=submit]').disabled")
+    page.wait("!document.querySelector('button[type=submit]').disabled", 60)
     page.js("document.querySelector('button[type=submit]').click()")
     page.wait("location.pathname === '/covidflow/' && document.body.dataset.ready === '1'", 60)
     assert page.js("new URLSearchParams(location.search).get('alias')") == ALIAS
