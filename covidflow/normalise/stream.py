@@ -251,7 +251,8 @@ def last_per_id(records: Any) -> tuple[Any, int]:
     last = numbered.group_by("record_id", use_threads=False).aggregate([("__i", "max")]).column("__i_max")
     if len(last) == n:
         return records, 0
-    return records.take(pc.sort_indices(last)), n - len(last)
+    rows = pc.take(last, pc.sort_indices(last))  # the kept row numbers, in table order (not the sort permutation:
+    return records.take(rows), n - len(last)  # taking that dropped the table's last rows, CI rehearsal 2026-11-30)
 
 
 def _envelope_letter(env: RawEnvelope, reason: str, at: str) -> DeadLetter:

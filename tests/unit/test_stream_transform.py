@@ -225,3 +225,20 @@ def test_both_stores_are_written_at_the_same_time_and_a_failure_fails_the_batch(
     assert time.monotonic() - started < 0.9  # not 1 s: the writes overlap
     with pytest.raises(RuntimeError, match="2 Elasticsearch writes failed"):
         write_both(Slow({}), Slow(0, RuntimeError("2 Elasticsearch writes failed")), ["r1", "r2"])
+
+
+def test_last_per_id_keeps_every_id_once_the_last_copy_in_table_order() -> None:
+    """Repeated ids early in the batch must not cost the batch's last rows (the kept row numbers were taken as a
+    sort permutation: with 4 repeats the table's last 4 records, another object's, were dropped)."""
+    import pyarrow as pa
+
+    from covidflow.normalise.stream import last_per_id
+
+    ids = ["a", "b", "a", "c", "b", "d", "e", "f"]
+    table = pa.table({"record_id": ids, "value": [float(i) for i in range(len(ids))]})
+    kept, dropped = last_per_id(table)
+    assert dropped == 2
+    assert kept.column("record_id").to_pylist() == ["a", "c", "b", "d", "e", "f"]
+    assert kept.column("value").to_pylist() == [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    unique = pa.table({"record_id": ["x", "y"], "value": [1.0, 2.0]})
+    assert last_per_id(unique) == (unique, 0)
