@@ -13,6 +13,7 @@ from typing import Any
 
 from covidflow import PROJECT_ROOT
 from covidflow.catalog.schema import ObservationSchema, load_schema
+from covidflow.replication import elasticsearch_settings
 
 TEMPLATE_PATH = PROJECT_ROOT / "include" / "schemas" / "elasticsearch_template.json"
 TEMPLATE_NAME = "covid-observations"
@@ -26,9 +27,15 @@ def _property(es_type: str) -> dict[str, Any]:
     return {"type": es_type}
 
 
-def generate_template(schema: ObservationSchema | None = None, *, replicas: int = 0, shards: int = 1) -> dict[str, Any]:
-    """The body for ``PUT _index_template/covid-observations`` (0 replicas suits one local node)."""
+def generate_template(
+    schema: ObservationSchema | None = None, *, replicas: int | None = None, shards: int | None = None
+) -> dict[str, Any]:
+    """The body for ``PUT _index_template/covid-observations``. Shards and replicas default to the configured
+    ones (include/config/replication.yaml: 1 and 0 for one node), so every caller installs the same template."""
     schema = schema or load_schema()
+    configured = elasticsearch_settings()
+    shards = configured["number_of_shards"] if shards is None else shards
+    replicas = configured["number_of_replicas"] if replicas is None else replicas
     es = schema.elasticsearch
     properties = {f.name: _property(schema.store_type(f, "es")) for f in schema.fields}
     return {

@@ -49,8 +49,12 @@ def doc_id(*parts: Any) -> str:
 
 
 def ensure_index(es: Any, index: str) -> None:
+    """Create the report index if missing, with the configured replicas (include/config/replication.yaml)."""
+    from covidflow.replication import elasticsearch_settings
+
     if not es.indices.exists(index=index):
-        es.indices.create(index=index, mappings=MAPPING, settings={"number_of_replicas": 0}, timeout="30s")
+        replicas = elasticsearch_settings()["number_of_replicas"]
+        es.indices.create(index=index, mappings=MAPPING, settings={"number_of_replicas": replicas}, timeout="30s")
 
 
 def write(es: Any, index: str, docs: Iterable[Mapping[str, Any]], *, refresh: bool = True) -> int:

@@ -1,7 +1,8 @@
 """Generate the Cassandra CQL (keyspace, types, tables) from observation.yaml.
 
-``include/schemas/cassandra.cql`` is this module's output with the defaults (replication factor 1,
-for the local stack); a test regenerates it so the committed file never drifts from the schema.
+``include/schemas/cassandra.cql`` is this module's output with the committed configuration (the keyspace's
+replication from include/config/replication.yaml: SimpleStrategy, factor 1, for one node); a test regenerates
+it so the committed file never drifts from the schema.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from pathlib import Path
 
 from covidflow import PROJECT_ROOT
 from covidflow.catalog.schema import ObservationSchema, load_schema
+from covidflow.replication import cassandra_replication
 
 CQL_PATH = PROJECT_ROOT / "include" / "schemas" / "cassandra.cql"
-LOCAL_REPLICATION: dict[str, str | int] = {"class": "SimpleStrategy", "replication_factor": 1}
 
 
 def _replication(options: dict[str, str | int]) -> str:
@@ -29,7 +30,8 @@ def generate_cql(
     keyspace: str | None = None,
     replication: dict[str, str | int] | None = None,
 ) -> str:
-    """All statements, idempotent (IF NOT EXISTS), in dependency order. Replication is configurable."""
+    """All statements, idempotent (IF NOT EXISTS), in dependency order. ``replication`` defaults to the
+    configured one (include/config/replication.yaml), so every caller creates the keyspace the same way."""
     schema = schema or load_schema()
     cfg = schema.cassandra
     ks = keyspace or cfg["keyspace"]
@@ -38,7 +40,7 @@ def generate_cql(
         "-- Do not edit: run `python -m covidflow.store.cassandra_schema` and commit the result.",
         "",
         f"CREATE KEYSPACE IF NOT EXISTS {ks}",
-        f"    WITH replication = {_replication(replication or LOCAL_REPLICATION)};",
+        f"    WITH replication = {_replication(replication or cassandra_replication())};",
         "",
     ]
     for tname, tfields in cfg.get("types", {}).items():
@@ -64,6 +66,15 @@ def generate_cql(
     return "\n".join(out)
 
 
+def alter_keyspace_cql(
+    schema: ObservationSchema | None = None, *, replication: dict[str, str | int] | None = None
+) -> str:
+    """``ALTER KEYSPACE`` to the configured replication: CREATE ... IF NOT EXISTS leaves an existing keyspace
+    as it is, so moving a live keyspace to a cluster takes this statement and then ``nodetool repair``."""
+    ks = (schema or load_schema()).cassandra["keyspace"]
+    return f"ALTER KEYSPACE {ks} WITH replication = {_replication(replication or cassandra_replication())};"
+
+
 def statements(cql: str) -> list[str]:
     """Split generated CQL into single statements for the driver (it takes one at a time)."""
     body = "\n".join(line for line in cql.splitlines() if not line.startswith("--"))
@@ -75,4 +86,9 @@ def write(path: Path = CQL_PATH) -> None:
 
 
 if __name__ == "__main__":
-    write()
+    import sys
+
+    if sys.argv[1:] == ["--alter"]:
+        print(alter_keyspace_cql())
+    else:
+        write()
