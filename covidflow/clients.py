@@ -1,4 +1,4 @@
-"""One factory per store service: the only place an Elasticsearch client or a Cassandra session is built.
+"""One factory per service: the only place an Elasticsearch client, a Cassandra session or a Kafka config is built.
 
 Every component gets its clients here: the stream's driver and executors, the ops, purge and maintenance tasks,
 the maintenance DAGs, ``covidflow query``, the demo and the dashboard. The module sits at the package root beside
@@ -7,12 +7,16 @@ the maintenance DAGs, ``covidflow query``, the demo and the dashboard. The modul
 
 Where the address and the credentials come from, one rule for all:
 
-1. **The Airflow connection** (``settings.CONN_ELASTICSEARCH``, ``settings.CONN_CASSANDRA``): in an Airflow process
+1. **The Airflow connection** (``settings.CONN_ELASTICSEARCH``, ``settings.CONN_CASSANDRA``,
+   ``settings.CONN_KAFKA``): in an Airflow process
    (a task, the api-server, the dag-processor: Airflow is already imported) through Airflow's own lookup
    (``airflow.sdk.BaseHook.get_connection``: environment, secrets backends, metadata database); in any other
    process (the Spark driver a task starts, the CLI) from ``AIRFLOW_CONN_<ID>`` only, JSON or URI form, parsed
    here without importing Airflow (seconds of start-up, and under a task it fails on the task's environment).
-   Login and password become Elasticsearch basic auth and Cassandra's ``PlainTextAuthProvider``.
+   Login and password become Elasticsearch basic auth and Cassandra's ``PlainTextAuthProvider``; Kafka's
+   connection extra is a confluent-kafka config dict (the apache-kafka provider's convention), SASL included.
+   A Spark executor reads the connections that carry credentials from ``COVIDFLOW_SECRET_CONN_<ID>``, which the
+   driver puts in its own SparkConf at runtime (``executor_env_conf``), never on a command line.
 2. **Otherwise covidflow.settings** (the Spark executors, the CLI outside Airflow): Airflow is not even imported.
 
 Explicit ``url`` / ``host`` / ``port`` arguments replace the address only (the stream's and the tests' forwarders);
@@ -26,16 +30,18 @@ robin, protocol v5, fast reconnection) and needs Airflow, which the executors an
 inside Airflow only would make two code paths; the hooks' own connection lookup (``BaseHook.get_connection``) is
 what is used here.
 
-Secrets: ``Endpoint`` keeps the password out of its repr, logs name hosts and ports only, and no URL with
-credentials is ever built.
+Secrets: ``Endpoint`` keeps the password out of its repr, ``KafkaConfig`` its secret values, logs name hosts and
+ports only, and no URL with credentials is ever built.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -111,12 +117,12 @@ def airflow_connection(conn_id: str) -> Any | None:
     """The Airflow connection ``conn_id``, or None when there is none.
 
     In an Airflow process (a task, the api-server: Airflow already imported) Airflow's own lookup is used, secrets
-    backends included. Anywhere else (the Spark driver a task starts, the CLI) only ``AIRFLOW_CONN_<ID>`` is read,
-    parsed here: importing Airflow there costs seconds, and under a task it fails (the task's environment carries
-    no usable metadata-database URL).
+    backends included. Anywhere else (the Spark driver a task starts, the CLI) only ``AIRFLOW_CONN_<ID>`` is read
+    (on a Spark executor ``COVIDFLOW_SECRET_CONN_<ID>``, see ``executor_env_conf``), parsed here: importing Airflow
+    there costs seconds, and under a task it fails (the task's environment carries no usable metadata-database URL).
     """
     if "airflow" not in sys.modules:
-        value = os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}")
+        value = os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}") or os.environ.get(executor_env_name(conn_id))
         return parse_conn_env(value) if value else None
     from airflow.sdk import BaseHook
 
@@ -261,3 +267,149 @@ def cassandra_session(
         if cached:
             _CASSANDRA_SESSIONS[key] = sess
         return sess
+
+
+# --- Kafka ------------------------------------------------------------------------------------------------------
+
+#: Config keys whose values are secrets (sasl.password, ssl.key.password, sasl.jaas.config, oauth client secrets).
+_SECRET_KEY = re.compile(r"(?i)password|secret|token|jaas")
+#: librdkafka callbacks: the provider's hooks import them from dotted paths (behind an allow-list); we do not.
+_KAFKA_CALLBACKS = ("error_cb", "throttle_cb", "stats_cb", "log_cb", "oauth_cb", "on_commit")
+#: The JVM Kafka client's login module per SASL mechanism (the Spark Kafka source takes ``kafka.sasl.jaas.config``).
+_JAAS_LOGIN_MODULES = {
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+}
+
+
+class KafkaConfig(dict[str, Any]):
+    """A confluent-kafka config dict (or Spark's ``kafka.*`` options): a plain dict for the clients, whose repr and
+    str hide every secret value, so a config that reaches a log or a traceback shows no password."""
+
+    def __repr__(self) -> str:
+        shown = {k: "***" if _SECRET_KEY.search(str(k)) and v else v for k, v in self.items()}
+        return f"KafkaConfig({shown!r})"
+
+    __str__ = __repr__
+
+    @property
+    def has_credentials(self) -> bool:
+        return any(self.get(k) for k in ("sasl.username", "sasl.password", "kafka.sasl.jaas.config"))
+
+    def describe(self) -> str:
+        servers = self.get("bootstrap.servers") or self.get("kafka.bootstrap.servers")
+        protocol = self.get("security.protocol") or self.get("kafka.security.protocol") or "PLAINTEXT"
+        auth = "with credentials" if self.has_credentials else "without credentials"
+        return f"{servers} ({protocol}, {auth})"
+
+
+def kafka_config(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    bootstrap: str | None = None,
+    conn_id: str = settings.CONN_KAFKA,
+) -> KafkaConfig:
+    """The confluent-kafka config of every Producer, Consumer and AdminClient: the connection's, plus ``overrides``
+    (the caller's client settings: group id, idempotence...).
+
+    The connection's extra is a confluent config dict, as the apache-kafka provider's hooks read it, so SASL settings
+    (``security.protocol``, ``sasl.mechanism``, ``sasl.username``, ``sasl.password``) work the same through both;
+    the connection's login and password fill ``sasl.username`` / ``sasl.password`` when the extra has none. Without
+    a connection: ``settings.KAFKA_BOOTSTRAP`` and nothing else (the local stack has no authentication). An explicit
+    ``bootstrap`` replaces the address only; the credentials stay the connection's.
+    """
+    conn = airflow_connection(conn_id)
+    if conn is None:
+        config: dict[str, Any] = {"bootstrap.servers": settings.KAFKA_BOOTSTRAP}
+    else:
+        extra = dict(conn.extra_dejson or {})
+        callbacks = [k for k in _KAFKA_CALLBACKS if isinstance(extra.get(k), str)]
+        if callbacks:
+            raise ValueError(f"connection {conn_id}: callback(s) {', '.join(callbacks)} given as import paths are "
+                             "resolved by the provider's hooks only; covidflow's clients take none")  # fmt: skip
+        servers = extra.get("bootstrap.servers")
+        if not servers and conn.host:
+            servers = ",".join(f"{h}:{conn.port}" if conn.port else h for h in _hosts(conn.host))
+        config = {**extra, "bootstrap.servers": servers or settings.KAFKA_BOOTSTRAP}
+        if conn.login and not extra.get("sasl.username"):
+            config["sasl.username"] = conn.login
+        if conn.password and not extra.get("sasl.password"):
+            config["sasl.password"] = conn.password
+        if config.get("sasl.username") or config.get("sasl.password"):
+            protocol = str(config.get("security.protocol") or "").upper()
+            mechanism = config.get("sasl.mechanism") or config.get("sasl.mechanisms")
+            if not protocol.startswith("SASL_") or not mechanism:
+                raise ValueError(f"connection {conn_id} has SASL credentials: its extra must name security.protocol "
+                                 "(SASL_SSL or SASL_PLAINTEXT) and sasl.mechanism (PLAIN, SCRAM-SHA-256 or "
+                                 "SCRAM-SHA-512), or the credentials would never be sent")  # fmt: skip
+    if bootstrap:
+        config["bootstrap.servers"] = bootstrap
+    config.update(overrides or {})
+    return KafkaConfig(config)
+
+
+def _jaas_quoted(value: str) -> str:
+    """A JAAS option value in double quotes (Kafka's parser reads backslash escapes inside them)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def kafka_spark_options(config: Mapping[str, Any] | None = None) -> KafkaConfig:
+    """The Spark Kafka source's ``kafka.*`` options equivalent to a confluent config (default: ``kafka_config()``).
+
+    The source runs the JVM client, which takes the credentials as one ``sasl.jaas.config`` line: security protocol,
+    mechanism and JAAS are set only when the config has them (the local stack's options stay the bootstrap servers).
+    The options travel in the query plan, never on a command line; Spark's Kafka connector redacts the JAAS password
+    where it logs parameters (``KafkaRedactionUtil``).
+    """
+    config = kafka_config() if config is None else config
+    options: dict[str, Any] = {"kafka.bootstrap.servers": config["bootstrap.servers"]}
+    if config.get("security.protocol"):
+        options["kafka.security.protocol"] = str(config["security.protocol"]).upper()
+    username, password = config.get("sasl.username"), config.get("sasl.password")
+    if username or password:
+        mechanism = str(config.get("sasl.mechanism") or config.get("sasl.mechanisms") or "").upper()
+        module = _JAAS_LOGIN_MODULES.get(mechanism)
+        if module is None:
+            raise ValueError(f"SASL mechanism {mechanism or '(none)'} has no username/password login module for "
+                             f"Spark's Kafka source; use one of {', '.join(_JAAS_LOGIN_MODULES)}")  # fmt: skip
+        options["kafka.sasl.mechanism"] = mechanism
+        user, secret = _jaas_quoted(str(username or "")), _jaas_quoted(str(password or ""))
+        options["kafka.sasl.jaas.config"] = f"{module} required username={user} password={secret};"
+    return KafkaConfig(options)
+
+
+# --- Credentials for Spark executors ----------------------------------------------------------------------------
+
+#: The connections the stream's executors use (the producer of dead letters, the Cassandra and Elasticsearch writers).
+STREAM_CONNECTIONS = (settings.CONN_KAFKA, settings.CONN_CASSANDRA, settings.CONN_ELASTICSEARCH)
+
+
+def executor_env_name(conn_id: str) -> str:
+    """Environment variable through which a Spark executor gets connection ``conn_id``.
+
+    Its name contains SECRET, which Spark's default ``spark.redaction.regex`` ((?i)secret|password|token|...)
+    matches: the ``spark.executorEnv.<name>`` entry carrying it is redacted in the UI's environment page and in the
+    event log (Spark redacts a property whose key or value matches).
+    """
+    return f"COVIDFLOW_SECRET_CONN_{conn_id.upper()}"
+
+
+def _has_credentials(conn: _EnvConnection) -> bool:
+    return bool(conn.login or conn.password or any(_SECRET_KEY.search(str(k)) for k in conn.extra_dejson or {}))
+
+
+def executor_env_conf(conn_ids: Iterable[str] = STREAM_CONNECTIONS) -> dict[str, str]:
+    """``spark.executorEnv.*`` entries that hand the executors the connections carrying credentials, for the driver
+    to set in its own SparkConf at runtime (``SparkSession.builder.config``), so no secret is ever on the
+    spark-submit command line or in ``ps``.
+
+    Read from this process's environment (the driver inherits the submit task's ``AIRFLOW_CONN_*``). A connection
+    without credentials is not forwarded: its executors keep using covidflow.settings, as on the local stack.
+    """
+    conf: dict[str, str] = {}
+    for conn_id in conn_ids:
+        value = os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}") or os.environ.get(executor_env_name(conn_id))
+        if value and _has_credentials(parse_conn_env(value)):
+            conf[f"spark.executorEnv.{executor_env_name(conn_id)}"] = value
+    return conf

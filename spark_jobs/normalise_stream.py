@@ -2,7 +2,12 @@
 
 Submitted by the ``covidflow_stream`` DAG (or ``spark-submit`` by hand). Executors get the covidflow package
 and include/ (specs, schemas, locations) as the archive ``covidflow_bundle``; the mapping code is the
-shared core, never a second implementation. Exactly-once effect = Kafka offsets in the checkpoint +
+shared core, never a second implementation. Credentials never travel on the command line: the driver reads the
+connections from the environment it inherits, gives the Kafka source its SASL options in the query plan, and hands
+the executors the connections that carry credentials through ``spark.executorEnv.*`` set in its own SparkConf at
+runtime (``covidflow.clients.executor_env_conf``; names Spark's redaction hides).
+
+Exactly-once effect = Kafka offsets in the checkpoint +
 idempotent writes (deterministic keys/ids): a replayed micro-batch rewrites the same rows and documents.
 """
 
@@ -16,6 +21,7 @@ import signal
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -65,19 +71,36 @@ def _other_instances(master_ui: str | None, app_name: str, own_id: str) -> list[
     return [a["id"] for a in status.get("activeapps", []) if a.get("name") == app_name and a.get("id") != own_id]
 
 
-def _require_topics(bootstrap: str, topics: list[str]) -> None:
+def _require_topics(kafka: Mapping[str, Any], topics: list[str]) -> None:
     """The stream never creates topics (their partitions and configs are the topics DAG's, from topics.yaml):
-    a missing one stops the job at once, named, with what to run."""
+    a missing one stops the job at once, named, with what to run. ``kafka``: ``covidflow.clients.kafka_config()``."""
     from confluent_kafka.admin import AdminClient
 
-    existing = set(AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30).topics)
+    existing = set(AdminClient(dict(kafka)).list_topics(timeout=30).topics)
     missing = [t for t in topics if t not in existing]
     if missing:
         raise SystemExit(
-            f"Kafka topic(s) {', '.join(missing)} do not exist on {bootstrap}: the stream never creates topics. "
+            f"Kafka topic(s) {', '.join(missing)} do not exist on {kafka['bootstrap.servers']}: the stream never "
+            "creates topics. "
             "Run the covidflow_kafka_topics DAG (include/config/topics.yaml) first; covidflow_stream does it "
             "before its first start."
         )
+
+
+def spark_session(app_name: str) -> Any:
+    """The driver's session. The executors' credentials go into its SparkConf here, at runtime, from the
+    environment the driver inherited: never on the spark-submit command line, so never in ``ps``."""
+    from pyspark.sql import SparkSession
+
+    from covidflow.clients import executor_env_conf
+
+    builder = SparkSession.builder.appName(app_name)
+    executor_env = executor_env_conf()
+    for key, value in executor_env.items():
+        builder = builder.config(key, value)
+    if executor_env:
+        log.info("executors get credentials for: %s", ", ".join(k.rsplit(".", 1)[-1] for k in executor_env))
+    return builder.getOrCreate()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
-    from pyspark.sql import SparkSession
-
+    from covidflow.clients import kafka_config, kafka_spark_options
     from covidflow.index.es_writer import client, ensure_index
     from covidflow.normalise.stream_runtime import (
         APP_NAME,
@@ -119,14 +141,15 @@ def main(argv: list[str] | None = None) -> int:
         log.error("another covidflow-normalise driver holds %s; exiting", state / "driver.lock")
         return 3
 
-    _require_topics(cfg.bootstrap, [cfg.raw_topic, cfg.deadletter_topic])
+    kafka = kafka_config(bootstrap=cfg.bootstrap)
+    _require_topics(kafka, [cfg.raw_topic, cfg.deadletter_topic])
     n = ensure_schema(session(cfg.cassandra_host, cfg.cassandra_port),
                       {"class": "SimpleStrategy", "replication_factor": cfg.replication_factor})  # fmt: skip
     alias = ensure_index(client(cfg.elasticsearch_url))
     log.info("stores ready: %d CQL statements applied, ES write alias %s", n, alias)
 
     app_name = args.app_name or APP_NAME
-    spark = SparkSession.builder.appName(app_name).getOrCreate()
+    spark = spark_session(app_name)
     app_id = spark.sparkContext.applicationId
     others = _other_instances(args.master_ui, app_name, app_id)
     if others:
@@ -178,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
 
     reader = (
         spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", cfg.bootstrap)
+        # kafka.bootstrap.servers, plus security protocol, SASL mechanism and JAAS when the connection has them.
+        .options(**kafka_spark_options(kafka))
         .option("subscribe", cfg.raw_topic)
         # Only committed transactions: an ingest attempt that failed midway (aborted) must never be stored.
         .option("kafka.isolation.level", "read_committed")

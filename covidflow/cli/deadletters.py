@@ -31,10 +31,13 @@ def _selected(source: str | None, reason: str | None, since: str | None, stage: 
         after = parse_since(since)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
+    from covidflow.clients import kafka_config
+
+    where = kafka_config()["bootstrap.servers"]  # the connection's address, else settings
     try:
-        letters = read_letters(settings.KAFKA_BOOTSTRAP)
+        letters = read_letters()
     except Exception as exc:
-        click.echo(f"cannot read the dead-letter topic at {settings.KAFKA_BOOTSTRAP}: {exc}", err=True)
+        click.echo(f"cannot read the dead-letter topic at {where}: {exc}", err=True)
         click.echo("is Kafka up? `covidflow stack up kafka`", err=True)
         sys.exit(2)
     return select(letters, source=source, reason=reason, since=after, stage=stage)
@@ -78,6 +81,7 @@ def replay(
     """
     from confluent_kafka import Producer
 
+    from covidflow.clients import kafka_config
     from covidflow.publish.config import ingest_config
     from covidflow.publish.deadletters import replay as run
     from covidflow.stack.services.s3 import s3_client
@@ -86,13 +90,7 @@ def replay(
 
     def producer(txn_id: str) -> Producer:
         return Producer(
-            {
-                "bootstrap.servers": settings.KAFKA_BOOTSTRAP,
-                "transactional.id": txn_id,
-                "enable.idempotence": True,
-                "acks": "all",
-                "log_level": 0,
-            }
+            kafka_config({"transactional.id": txn_id, "enable.idempotence": True, "acks": "all", "log_level": 0})
         )
 
     result = run(

@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from covidflow import settings
 from covidflow.normalise.stream import dead_letter_key, process_messages
 from covidflow.normalise.stream_names import APP_NAME
 from covidflow.publish.envelope import DEADLETTER_TOPIC, RAW_TOPIC
@@ -39,7 +38,8 @@ def state_dir() -> Path:
 class StreamConfig:
     """Everything the job needs; picklable, so the same object reaches every executor."""
 
-    bootstrap: str = settings.KAFKA_BOOTSTRAP
+    #: Kafka address override (None: the connection's, else settings); credentials always come from the connection.
+    bootstrap: str | None = None
     raw_topic: str = RAW_TOPIC
     deadletter_topic: str = DEADLETTER_TOPIC
     #: Address overrides only (None: the Airflow connection, else settings, through covidflow.clients);
@@ -132,6 +132,7 @@ def _writers(cfg: StreamConfig) -> tuple[Any, Any, Any]:
     if "cassandra" not in _WRITERS:
         from confluent_kafka import Producer
 
+        from covidflow.clients import kafka_config
         from covidflow.index.es_writer import EsWriter, client
         from covidflow.store.cassandra_writer import CassandraWriter, connect_with_retry
 
@@ -139,7 +140,7 @@ def _writers(cfg: StreamConfig) -> tuple[Any, Any, Any]:
         _WRITERS["cassandra"] = CassandraWriter(sess, retry_for=cfg.store_retry_seconds)
         _WRITERS["es"] = EsWriter(client(cfg.elasticsearch_url), retry_for=cfg.store_retry_seconds)
         _WRITERS["kafka"] = Producer(
-            {"bootstrap.servers": cfg.bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 20}
+            kafka_config({"enable.idempotence": True, "acks": "all", "linger.ms": 20}, bootstrap=cfg.bootstrap)
         )
     return _WRITERS["cassandra"], _WRITERS["es"], _WRITERS["kafka"]
 

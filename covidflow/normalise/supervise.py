@@ -121,7 +121,9 @@ def kafka_lag(committed: dict[str, dict[str, int]], high: dict[str, dict[str, in
 def high_watermarks(topic: str, bootstrap: str | None = None, timeout: float = 10.0) -> dict[str, dict[str, int]]:
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap or settings.KAFKA_BOOTSTRAP, "group.id": "covidflow-health"})
+    from covidflow.clients import kafka_config
+
+    consumer = Consumer(kafka_config({"group.id": "covidflow-health"}, bootstrap=bootstrap))
     try:
         meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
         if meta is None or meta.error is not None:

@@ -173,8 +173,11 @@ def format_groups(groups: list[Group], total: int) -> str:
 # -- Kafka and S3 ---------------------------------------------------------------------------------------------
 
 
-def read_letters(bootstrap: str, topic: str = DEADLETTER_TOPIC, timeout: float = 60.0) -> list[dict[str, Any]]:
-    """Every committed dead letter on the topic (from the start of its retention to the end offsets now)."""
+def read_letters(
+    bootstrap: str | None = None, topic: str = DEADLETTER_TOPIC, timeout: float = 60.0
+) -> list[dict[str, Any]]:
+    """Every committed dead letter on the topic (from the start of its retention to the end offsets now), read with
+    the covidflow_kafka connection's client (``bootstrap`` overrides its address only)."""
     from covidflow.publish.topics import read_to_end
 
     letters: list[dict[str, Any]] = []

@@ -67,20 +67,22 @@ def ensure_topics(admin: Any, topics: Mapping[str, Mapping[str, Any]], timeout: 
 
 
 def ensure_project_topics() -> dict[str, str]:
-    """``ensure_topics`` for include/config/topics.yaml through the covidflow_kafka connection's admin client.
+    """``ensure_topics`` for include/config/topics.yaml through an admin client of the covidflow_kafka connection.
 
-    The one path the topics DAG, the stream DAG (before it submits the job) and the test set-up all take.
+    The one path the topics DAG, the stream DAG (before it submits the job) and the test set-up all take. The client
+    comes from ``covidflow.clients.kafka_config`` (the connection's extra, as the provider's hook reads it, plus its
+    login and password), like every other Kafka client of the project.
     """
-    from airflow.providers.apache.kafka.hooks.client import KafkaAdminClientHook
+    from confluent_kafka.admin import AdminClient
 
-    from covidflow import settings
+    from covidflow.clients import kafka_config
     from covidflow.publish.config import topics_config
 
-    return ensure_topics(KafkaAdminClientHook(kafka_config_id=settings.CONN_KAFKA).get_conn, topics_config())
+    return ensure_topics(AdminClient(kafka_config()), topics_config())
 
 
 def read_to_end(
-    bootstrap: str,
+    bootstrap: str | None,
     topic: str,
     start: Mapping[int, int] | None = None,
     *,
@@ -93,20 +95,25 @@ def read_to_end(
     Transaction markers take offsets too, so a partition is done once the consumer's position reaches its end
     (the last message may be a marker that is never delivered). ``read_uncommitted`` also returns the records
     of aborted transactions. Used by ``covidflow deadletters`` and the tests that read what ingest published.
+    ``bootstrap`` overrides the connection's address only (None: the connection's, else settings).
     """
     import time
     import uuid
 
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+    from covidflow.clients import kafka_config
+
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"covidflow-read-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "isolation.level": isolation,
-            "log_level": 0,
-        }
+        kafka_config(
+            {
+                "group.id": f"covidflow-read-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "isolation.level": isolation,
+                "log_level": 0,
+            },
+            bootstrap=bootstrap,
+        )
     )
     messages: list[Any] = []
     try:
