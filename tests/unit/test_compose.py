@@ -244,14 +244,211 @@ def test_heaps_are_explicit(services: dict[str, dict[str, Any]]) -> None:
     assert cassandra["MAX_HEAP_SIZE"] and cassandra["HEAP_NEWSIZE"]
 
 
-def test_code_is_mounted_where_pythonpath_points(services: dict[str, dict[str, Any]]) -> None:
-    for name in AIRFLOW_SERVICES | SPARK_SERVICES:
-        svc = services[name]
-        assert svc["environment"]["PYTHONPATH"] == "/opt/covidflow", name
-        mounts = {Path(v["source"]).resolve(): v["target"] for v in svc["volumes"] if v["type"] == "bind"}
-        for directory in CODE_DIRS:
-            assert mounts.get((PROJECT_ROOT / directory).resolve()) == f"/opt/covidflow/{directory}", (name, directory)
+def test_code_is_in_the_image_not_mounted(services: dict[str, dict[str, Any]]) -> None:
+    # Runnable by construction: the containers run the code built into the image, not the host's checkout.
+    code = {(PROJECT_ROOT / directory).resolve() for directory in CODE_DIRS}
+    for name, svc in services.items():
+        for volume in svc.get("volumes", []):
+            if volume["type"] == "bind":
+                assert Path(volume["source"]).resolve() not in code, (name, volume)
+    runtime = _stages()[RUNTIME_STAGE]
+    assert ("ENV", "PYTHONPATH=/opt/covidflow") in _env_lines(runtime)
+    for directory in CODE_DIRS:
+        assert f"COPY --chown=airflow:0 {directory} /opt/covidflow/{directory}" in runtime, directory
+    assert "RUN pip install --no-cache-dir --no-deps -e /opt/covidflow" in runtime
     assert services["airflow-scheduler"]["environment"]["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/covidflow/dags"
+
+
+# --- The image (docker/airflow/Dockerfile): read as text, since no engine can build it here ----------------------
+
+DOCKERFILE = PROJECT_ROOT / "docker" / "airflow" / "Dockerfile"
+DOCKERIGNORE = PROJECT_ROOT / "docker" / "airflow" / "Dockerfile.dockerignore"
+RUNTIME_REQUIREMENTS = PROJECT_ROOT / "docker" / "airflow" / "runtime-requirements.sh"
+SPARK_DEFAULTS = PROJECT_ROOT / "docker" / "airflow" / "spark-defaults.sh"
+RUNTIME_STAGE = "runtime"
+JARS_STAGE = "connector-jars"
+FINAL_STAGE = "final"
+TEST_TOOLS = {"pytest", "pytest-timeout", "moto", "ruff", "aiosmtpd", "websocket-client", "playwright"}
+IMAGE_SERVICES = AIRFLOW_SERVICES | SPARK_SERVICES
+
+
+def _instructions(text: str) -> list[str]:
+    """Dockerfile instructions, continuation lines joined and comments dropped."""
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#")))
+    return [" ".join(line.split()) for line in joined.splitlines() if line.strip()]
+
+
+def _stages() -> dict[str, list[str]]:
+    """Instructions per build stage (``FROM ... AS name``; the last, unnamed stage is "final")."""
+    stages: dict[str, list[str]] = {}
+    current: list[str] = []
+    for instruction in _instructions(DOCKERFILE.read_text()):
+        if instruction.startswith("FROM "):
+            parts = instruction.split()
+            current = stages.setdefault(parts[3] if len(parts) > 3 else FINAL_STAGE, [])
+        current.append(instruction)
+    return stages
+
+
+def _env_lines(stage: list[str]) -> list[tuple[str, str]]:
+    return [("ENV", item) for ins in stage if ins.startswith("ENV ") for item in ins.split()[1:]]
+
+
+def _image_env(name: str) -> str:
+    values = dict(item.partition("=")[::2] for _, item in _env_lines(_stages()[RUNTIME_STAGE]))
+    return values[name]
+
+
+def _runtime_requirements(path: Path = PROJECT_ROOT / "requirements.txt") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(RUNTIME_REQUIREMENTS), str(path)], capture_output=True, text=True, timeout=30)
+
+
+def _names(requirements: str) -> set[str]:
+    lines = [ln.split("#")[0].strip() for ln in requirements.splitlines()]
+    return {re.split(r"[=<>\[ ]", ln)[0].lower() for ln in lines if ln}
+
+
+def test_airflow_and_spark_run_one_image_built_here(services: dict[str, dict[str, Any]]) -> None:
+    # One image: the driver (Airflow's scheduler) and the executors (Spark's worker) share Python, packages and code.
+    images = {services[name]["image"] for name in IMAGE_SERVICES}
+    assert len(images) == 1, images
+    for name in IMAGE_SERVICES:
+        svc = services[name]
+        assert Path(svc["build"]["context"]).resolve() == PROJECT_ROOT.resolve(), name
+        assert svc["build"]["dockerfile"] == "docker/airflow/Dockerfile", name
+        assert svc["pull_policy"] == "build", f"{name} could pull a look-alike image from a registry"
+    for name in SPARK_SERVICES:
+        entrypoint = services[name]["entrypoint"]
+        assert entrypoint[-1] == "/opt/covidflow-docker/spark-class.sh", name
+        assert services[name]["command"][0].startswith("org.apache.spark.deploy."), name
+    assert "docker/spark/spark-class.sh" in " ".join(_stages()[RUNTIME_STAGE])
+
+
+def test_build_context_holds_every_copied_file() -> None:
+    allowed = [ln[1:].rstrip("/") for ln in DOCKERIGNORE.read_text().splitlines() if ln.startswith("!")]
+    copies = [ins.split() for ins in _instructions(DOCKERFILE.read_text()) if ins.startswith("COPY ")]
+    sources = [src for parts in copies if not any(p.startswith("--from=") for p in parts) for src in parts[1:-1]]
+    sources = [src for src in sources if not src.startswith("--")]
+    assert sources
+    for src in sources:
+        assert (PROJECT_ROOT / src).exists(), f"COPY {src}: no such file in the repository"
+        assert any(src == a or src.startswith(a + "/") for a in allowed), f"COPY {src}: excluded from the context"
+
+
+def test_image_installs_no_test_tools() -> None:
+    result = _runtime_requirements()
+    assert result.returncode == 0, result.stderr
+    runtime = _names(result.stdout)
+    everything = _names((PROJECT_ROOT / "requirements.txt").read_text())
+    assert not runtime & TEST_TOOLS, runtime & TEST_TOOLS
+    assert {"apache-airflow", "pyspark", "cassandra-driver", "elasticsearch", "confluent-kafka"} <= runtime
+    assert everything - runtime <= TEST_TOOLS, (
+        f"runtime packages left out of the image: {everything - runtime - TEST_TOOLS}"
+    )
+    pip = [ins for stage in _stages().values() for ins in stage if "pip install" in ins]
+    assert pip and all("requirements.txt -c" not in ins for ins in pip), pip
+    assert any("-r /tmp/covidflow/runtime.txt" in ins for ins in pip)
+
+
+def test_runtime_requirements_refuse_a_file_without_the_marker(tmp_path: Path) -> None:
+    path = tmp_path / "requirements.txt"
+    path.write_text("pyspark==4.2.0\npytest==9.2.0\n")
+    result = _runtime_requirements(path)
+    assert result.returncode != 0 and "development and tests" in result.stderr
+
+
+def test_production_code_imports_no_test_tool() -> None:
+    # What the image leaves out must not be needed by the code it runs.
+    import ast
+
+    modules = {"pytest", "moto", "ruff", "aiosmtpd", "websocket", "playwright"}
+    for directory in ("covidflow", "dags", "plugins", "spark_jobs"):
+        for path in (PROJECT_ROOT / directory).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names = [node.module]
+                for name in names:
+                    assert name.split(".")[0] not in modules, f"{path.relative_to(PROJECT_ROOT)} imports {name}"
+
+
+def test_connector_jars_are_resolved_at_build_time_without_maven_in_the_image() -> None:
+    stages = _stages()
+    assert list(stages)[-1] == FINAL_STAGE
+    jars, final = stages[JARS_STAGE], stages[FINAL_STAGE]
+    assert jars[0] == f"FROM {RUNTIME_STAGE} AS {JARS_STAGE}" and final[0] == f"FROM {RUNTIME_STAGE}"
+    # Resolved with Maven on PATH in its own stage, through the same function the operator calls at run time...
+    assert "ENV PATH=/opt/maven/bin:${PATH}" in jars
+    assert any(ins.startswith("RUN python") and "kafka_connector_jars" in ins for ins in jars)
+    # ...into COVIDFLOW_HOME's cache (covidflow.stack.fetch.maven_classpath: <cache>/maven/<name>), copied over.
+    cache = f"{_image_env('COVIDFLOW_HOME')}/cache/maven"
+    assert f"COPY --from={JARS_STAGE} --chown=airflow:0 {cache} {cache}" in final
+    # The final image has no Maven (checked again at build time) and never asks for it.
+    assert not any("maven" in ins.lower() for ins in final if not ins.startswith("COPY --from"))
+    assert not any("apt-get install" in ins and "maven" in ins for stage in stages.values() for ins in stage)
+    checks = [ins for ins in final if ins.startswith("RUN python")]
+    assert checks and "shutil.which('mvn') is None" in checks[0] and "kafka_connector_jars" in checks[0]
+
+
+def test_stream_state_is_on_a_named_volume(
+    services: dict[str, dict[str, Any]], rendered: tuple[dict[str, Any], dict[str, str]]
+) -> None:
+    state = _image_env("COVIDFLOW_STREAM_STATE_DIR")
+    declared = set(rendered[0]["volumes"])
+    # The scheduler runs the driver and the supervisor (heartbeat, committed offsets); executors run on the worker.
+    for name in ("airflow-scheduler", "spark-worker"):
+        mounts = [v for v in services[name]["volumes"] if v["target"] == state]
+        assert len(mounts) == 1 and mounts[0]["type"] == "volume", (name, services[name]["volumes"])
+        assert mounts[0]["source"] in declared, name
+        assert services[name].get("environment", {}).get("COVIDFLOW_STREAM_STATE_DIR", state) == state, name
+    sources = {v["source"] for n in ("airflow-scheduler", "spark-worker") for v in services[n]["volumes"]
+               if v["target"] == state}  # fmt: skip
+    assert len(sources) == 1, "driver and executors must see one checkpoint"
+
+
+def test_master_ui_and_driver_host_come_from_configuration(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from covidflow.normalise.supervise import master_ui_url
+
+    ui = f"http://spark-master:{settings.SPARK_MASTER_UI_PORT}"
+    for name in AIRFLOW_SERVICES:
+        assert services[name]["environment"]["COVIDFLOW_SPARK_MASTER_UI"] == ui, name
+    monkeypatch.setenv("COVIDFLOW_SPARK_MASTER_UI", ui)
+    assert master_ui_url() == ui  # the supervisor and the operator read it there
+    scheduler = services["airflow-scheduler"]
+    assert scheduler["environment"]["COVIDFLOW_SPARK_DRIVER_HOST"] == scheduler["hostname"] == "airflow-scheduler"
+    worker = services["spark-worker"]
+    assert worker["command"][worker["command"].index("--host") + 1] == worker["hostname"]
+    master = services["spark-master"]
+    assert master["command"][master["command"].index("--host") + 1] == master["hostname"] == "spark-master"
+    assert settings.CONN_SPARK.upper()  # the connection (test above) points at spark-master:7077
+    entrypoint = (PROJECT_ROOT / "docker" / "airflow" / "entrypoint.sh").read_text()
+    assert "bash /opt/covidflow-docker/spark-defaults.sh\nexec /entrypoint" in entrypoint
+    assert '"/opt/covidflow-docker/entrypoint.sh"]' in _stages()[FINAL_STAGE][-1]
+
+
+def _spark_defaults(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "COVIDFLOW_HOME": str(tmp_path), **env}
+    result = subprocess.run(["bash", str(SPARK_DEFAULTS)], capture_output=True, text=True, env=run_env, timeout=30)
+    return result, tmp_path / "conf" / "spark" / "spark-defaults.conf"
+
+
+def test_spark_defaults_put_the_configured_driver_host_where_spark_submit_reads_it(tmp_path: Path) -> None:
+    from covidflow.stack.home import StackHome
+
+    result, conf = _spark_defaults(tmp_path, COVIDFLOW_SPARK_DRIVER_HOST="airflow-scheduler")
+    assert result.returncode == 0, result.stderr
+    assert conf.read_text() == "spark.driver.host airflow-scheduler\nspark.driver.bindAddress 0.0.0.0\n"
+    # The folder spark_env() hands spark-submit as SPARK_CONF_DIR for this COVIDFLOW_HOME.
+    assert conf.parent == StackHome(tmp_path.resolve()).conf_dir("spark")
+
+
+def test_spark_defaults_write_nothing_without_a_driver_host_and_refuse_a_bad_one(tmp_path: Path) -> None:
+    result, conf = _spark_defaults(tmp_path)
+    assert result.returncode == 0 and not conf.exists()
+    result, conf = _spark_defaults(tmp_path, COVIDFLOW_SPARK_DRIVER_HOST="host\nspark.evil true")
+    assert result.returncode != 0 and not conf.exists()
 
 
 def test_kibana_setup_imports_the_committed_saved_objects(
