@@ -31,7 +31,9 @@ Every 5 minutes:
    `covidflow` package and `include/` shipped as an archive) starts the job **from its checkpoint**. It
    re-checks the master right before submitting, so two copies never run; at most one instance of this task
    runs at a time. The task then lives as long as the stream does; if the driver dies, the task fails and its
-   retries (or the next scheduled run) restart it.
+   retries (or the next scheduled run) restart it. No credential is on the spark-submit command line: the driver
+   reads the connections from the task's environment and hands the executors theirs through its runtime conf
+   (`docs/security.md`, ADR 0019); the task log masks them.
 
 Limits: `include/config/stream.yaml` (`supervision:`), read at every run; the params of the same names override
 them for one run (e.g. `{"stuck_batch_seconds": 30}` in a test).

@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         return 3
 
     kafka = kafka_config(bootstrap=cfg.bootstrap)
+    # The executors produce dead letters to the address the driver resolved (as when cfg carried it from settings).
+    cfg = replace(cfg, bootstrap=kafka["bootstrap.servers"])
     _require_topics(kafka, [cfg.raw_topic, cfg.deadletter_topic])
     n = ensure_schema(session(cfg.cassandra_host, cfg.cassandra_port),
                       {"class": "SimpleStrategy", "replication_factor": cfg.replication_factor})  # fmt: skip
