@@ -272,7 +272,7 @@ def cassandra_session(
 # --- Kafka ------------------------------------------------------------------------------------------------------
 
 #: Config keys whose values are secrets (sasl.password, ssl.key.password, sasl.jaas.config, oauth client secrets).
-_SECRET_KEY = re.compile(r"(?i)password|secret|token|jaas")
+SECRET_KEY_PATTERN = re.compile(r"(?i)password|secret|token|jaas")
 #: librdkafka callbacks: the provider's hooks import them from dotted paths (behind an allow-list); we do not.
 _KAFKA_CALLBACKS = ("error_cb", "throttle_cb", "stats_cb", "log_cb", "oauth_cb", "on_commit")
 #: The JVM Kafka client's login module per SASL mechanism (the Spark Kafka source takes ``kafka.sasl.jaas.config``).
@@ -288,7 +288,7 @@ class KafkaConfig(dict[str, Any]):
     str hide every secret value, so a config that reaches a log or a traceback shows no password."""
 
     def __repr__(self) -> str:
-        shown = {k: "***" if _SECRET_KEY.search(str(k)) and v else v for k, v in self.items()}
+        shown = {k: "***" if SECRET_KEY_PATTERN.search(str(k)) and v else v for k, v in self.items()}
         return f"KafkaConfig({shown!r})"
 
     __str__ = __repr__
@@ -396,7 +396,7 @@ def executor_env_name(conn_id: str) -> str:
 
 
 def _has_credentials(conn: _EnvConnection) -> bool:
-    return bool(conn.login or conn.password or any(_SECRET_KEY.search(str(k)) for k in conn.extra_dejson or {}))
+    return bool(conn.login or conn.password or any(SECRET_KEY_PATTERN.search(str(k)) for k in conn.extra_dejson or {}))
 
 
 def executor_env_conf(conn_ids: Iterable[str] = STREAM_CONNECTIONS) -> dict[str, str]:

@@ -53,7 +53,7 @@ def stream_secrets(conn_ids: Iterable[str] | None = None) -> list[str]:
         if conn is None:
             continue
         secrets.append(conn.password or "")
-        secrets += [str(v) for k, v in (conn.extra_dejson or {}).items() if clients._SECRET_KEY.search(str(k))]
+        secrets += [str(v) for k, v in (conn.extra_dejson or {}).items() if clients.SECRET_KEY_PATTERN.search(str(k))]
     jaas = clients.kafka_spark_options().get("kafka.sasl.jaas.config")
     return sorted({s for s in [*secrets, jaas or ""] if s})
 
