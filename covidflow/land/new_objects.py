@@ -31,6 +31,9 @@ MAX_OBJECTS_IN_EVENT = 100  # the event is stored in the metadata database: keep
 
 NEW = "new"
 YIELD = "queued_run"
+LOOK_NOW = "look_now"  # a run not started by the schedule: the select task looks at once
+RERUN = "rerun"  # a re-run: no sensing, the manifest is ignored
+SCHEDULED = "scheduled"
 
 
 async def list_objects_async(client: Any, bucket: str, prefix: str) -> list[LandedObject]:
@@ -71,12 +74,16 @@ class NewObjectsTrigger(BaseTrigger):
         poke_interval: float = 5.0,
         dag_id: str | None = None,
         end_task: bool = False,
+        run_type: str = SCHEDULED,
+        rerun_request: str = "",
     ) -> None:
         super().__init__()
         self.source_id, self.bucket, self.prefix = source_id, bucket, prefix
         self.patterns = list(patterns)
         self.manifest_prefix, self.aws_conn_id = manifest_prefix, aws_conn_id
         self.poke_interval, self.dag_id, self.end_task = float(poke_interval), dag_id, end_task
+        # Rendered by the triggerer when the sensor starts there (templates of the run's type and params).
+        self.run_type, self.rerun_request = run_type, rerun_request
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -91,8 +98,26 @@ class NewObjectsTrigger(BaseTrigger):
                 "poke_interval": self.poke_interval,
                 "dag_id": self.dag_id,
                 "end_task": self.end_task,
+                "run_type": self.run_type,
+                "rerun_request": self.rerun_request,
             },
         )
+
+    def run_kind(self) -> str | None:
+        """RERUN or LOOK_NOW when this run must not wait (a re-run, a run not started by the schedule), else None.
+
+        Params asking for two kinds of re-run count as LOOK_NOW: the select task refuses them with the reason.
+        """
+        from covidflow.publish.rerun import RerunParamsError, rerun_from_rendered
+
+        try:
+            if rerun_from_rendered(self.rerun_request):
+                return RERUN
+        except (RerunParamsError, ValueError):
+            return LOOK_NOW
+        if str(self.run_type).lower().rsplit(".", 1)[-1] != SCHEDULED:
+            return LOOK_NOW
+        return None
 
     async def _client(self) -> Any:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -123,6 +148,11 @@ class NewObjectsTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         where = f"s3://{self.bucket}/{self.prefix}"
+        kind = self.run_kind()
+        if kind:
+            log.info("%s: %s run, no waiting", where, kind)
+            yield self._event({"status": kind})
+            return
         seen: set[tuple[str, str]] | None = None
         polls = 0
         async with await self._client() as client:

@@ -128,6 +128,7 @@ def build_ingest_dag(spec: SourceSpec, config: dict[str, Any] | None = None) -> 
         params=ingest_params(landing["prefix"]),
     ) as dag:
         from covidflow.land.sensor import NewObjectsSensor
+        from covidflow.publish.purge_task import PurgeObsoleteOperator
 
         wait = NewObjectsSensor(
             task_id="wait_for_objects",
@@ -193,30 +194,18 @@ def build_ingest_dag(spec: SourceSpec, config: dict[str, Any] | None = None) -> 
                 raise AirflowFailException(too_many)
             return summary
 
-        purge_cfg = {**PURGE_DEFAULTS, **(config.get("purge") or {})}
-
-        @task(
-            task_id="purge_obsolete",
-            retries=int(purge_cfg["retries"]),  # idempotent: a retry finds what is left to delete
-            retry_delay=timedelta(seconds=purge_cfg["retry_delay_seconds"]),
-        )
-        def purge_obsolete(source: str, summaries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-            """Re-runs only, once every object is published: delete, in both stores, the records of each
-            re-published object and vintage that the re-run did not write again (ADR 0016). Logic in
-            covidflow.ops.purge; a failed publish fails the run before this (re-run again, then it purges)."""
-            from airflow.sdk.exceptions import AirflowSkipException
-
-            from covidflow.ops.purge import purge_rerun
-
-            done = purge_rerun(source, get_current_context()["params"], list(summaries), purge_cfg)
-            if done is None:
-                raise AirflowSkipException("not a re-run: nothing to purge")
-            return done
-
         selected = select(source_id)
         wait >> selected
         published = publish.partial(source=source_id).expand(obj=selected)
-        purge_obsolete(source_id, published)
+        purge_cfg = {**PURGE_DEFAULTS, **(config.get("purge") or {})}
+        PurgeObsoleteOperator(
+            task_id="purge_obsolete",
+            source_id=source_id,
+            summaries=published,  # every publish's summary (ADR 0016; logic in covidflow.ops.purge)
+            purge_config=purge_cfg,
+            retries=int(purge_cfg["retries"]),  # idempotent: a retry finds what is left to delete
+            retry_delay=timedelta(seconds=purge_cfg["retry_delay_seconds"]),
+        )
     return dag
 
 

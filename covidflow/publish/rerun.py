@@ -53,3 +53,21 @@ def rerun_conf(key: str | None = None, prefix: str | None = None, everything: bo
     if parse_rerun(conf) is None:
         raise RerunParamsError(f"say what to re-run: {KEY}, {PREFIX} or {ALL}")
     return conf
+
+
+#: The three params rendered as one JSON text, for a task started in the triggerer (``start_from_trigger``): its
+#: trigger gets its templated kwargs rendered there, so it can tell a re-run from an ordinary run with no worker.
+RERUN_TEMPLATE = (
+    '{"' + KEY + '": {{ params.' + KEY + ' | tojson }}, "' + PREFIX + '": {{ params.' + PREFIX + ' | tojson }}, "'
+    + ALL + '": {{ params.' + ALL + ' | tojson }}}'
+)  # fmt: skip
+
+
+def rerun_from_rendered(text: str) -> Rerun | None:
+    """The re-run a rendered :data:`RERUN_TEMPLATE` asks for, or None for an ordinary run.
+
+    Raises RerunParamsError when the params ask for two kinds at once (the select task refuses such a run).
+    """
+    import json
+
+    return parse_rerun(json.loads(text or "{}"))

@@ -48,7 +48,9 @@ def test_ingest_dag_shape(dagbag, source_id: str) -> None:
     ]  # fmt: skip
     sensor = dag.get_task("wait_for_objects")
     assert isinstance(sensor, NewObjectsSensor)
-    assert sensor.soft_fail and sensor.poke_interval == 5 and sensor.timeout == 3600
+    assert sensor.soft_fail and sensor.poke_interval == 2 and sensor.timeout == 3600
+    # Started in the triggerer in every run: no worker process for the sensor (issue 13's freshness).
+    assert sensor.start_from_trigger and sensor.start_trigger_args.trigger_kwargs["bucket"] == "{{ params.bucket }}"
     assert sensor.aws_conn_id == "covidflow_s3" and sensor.manifest_prefix == "_manifest/"
     assert sensor.bucket == "{{ params.bucket }}"
     assert (sensor.source_id, sensor.prefix) == (source_id, spec["landing"]["prefix"])
@@ -63,6 +65,8 @@ def test_ingest_dag_shape(dagbag, source_id: str) -> None:
     # After a re-run's publish, its purge (skipped in other runs), with explicit retries: it is idempotent.
     purge = dag.get_task("purge_obsolete")
     assert purge.upstream_task_ids == {"publish"} and purge.retries == 3
+    # An ordinary run skips it in the triggerer; a re-run resumes it on a worker.
+    assert purge.start_from_trigger and purge.start_trigger_args.trigger_cls.endswith("RerunGate")
     assert purge.trigger_rule == "all_success"  # a failed publish fails the run; a re-run then purges
     assert {"covidflow", "ingest", f"source:{source_id}", f"format:{spec['format']}"} <= set(dag.tags)
     assert any(t.startswith("publisher:") for t in dag.tags)

@@ -201,3 +201,107 @@ def test_rerun_params() -> None:
     assert rerun_conf(prefix="p/") == {"rerun_key": "", "rerun_prefix": "p/", "rerun_all": False}
     with pytest.raises(RerunParamsError, match="say what to re-run"):
         rerun_conf()
+
+
+def rendered(t: NewObjectsTrigger, params: dict[str, Any], run_type: str) -> NewObjectsTrigger:
+    """The trigger's templated kwargs rendered with Airflow's own Jinja environment, as the triggerer does for a
+    task started there (``start_from_trigger``)."""
+    from types import SimpleNamespace
+
+    context = {"params": params, "dag_run": SimpleNamespace(run_type=run_type)}
+    t._do_render_template_fields(t, ("bucket", "run_type", "rerun_request"), context, t.get_template_env(), set())
+    return t
+
+
+def sensor_trigger(fake: FakeS3) -> Trigger:
+    """A trigger built from the sensor's start_trigger_args, the way the scheduler and triggerer build it."""
+    from airflow.sdk import DAG
+
+    from covidflow.land.sensor import NewObjectsSensor
+
+    with DAG("ingest_who", schedule=None):
+        sensor = NewObjectsSensor(
+            task_id="wait_for_objects",
+            source_id="who",
+            bucket="{{ params.bucket }}",
+            prefix=PREFIX,
+            patterns=PATTERNS,
+            manifest_prefix="_manifest/",
+            aws_conn_id="x",
+            poke_interval=0.01,
+            timeout=3600,
+        )
+    assert sensor.start_from_trigger is True and sensor.start_trigger_args.timeout.total_seconds() == 3600
+    assert sensor.start_trigger_args.trigger_cls == "covidflow.land.new_objects.NewObjectsTrigger"
+    t = Trigger(**sensor.start_trigger_args.trigger_kwargs)
+    t.fake = fake
+    return t
+
+
+ORDINARY = {"bucket": "landing", "rerun_key": "", "rerun_prefix": "", "rerun_all": False}
+
+
+@pytest.mark.parametrize(
+    ("params", "run_type", "status"),
+    [
+        (ORDINARY, "manual", "look_now"),  # by hand: the select task looks at once
+        (ORDINARY, "asset_triggered", "look_now"),
+        ({**ORDINARY, "rerun_key": PREFIX + 'odd "name".csv'}, "manual", "rerun"),
+        ({**ORDINARY, "rerun_all": True}, "scheduled", "rerun"),
+        ({**ORDINARY, "rerun_key": "a", "rerun_all": True}, "manual", "look_now"),  # select refuses it, saying why
+    ],
+)
+def test_a_run_not_started_by_the_schedule_ends_the_sensor_at_once(
+    params: dict[str, Any], run_type: str, status: str
+) -> None:
+    from airflow.triggers.base import TaskSuccessEvent
+
+    fake = FakeS3()
+    t = rendered(sensor_trigger(fake), params, run_type)
+    assert t.bucket == "landing"
+    event = asyncio.run(first_event(t))
+    assert isinstance(event, TaskSuccessEvent) and event.xcoms == {"return_value": {"status": status}}
+    assert fake.lists == [], "no listing: nothing to wait for"
+
+
+@pytest.mark.parametrize("run_type", ["scheduled", "DagRunType.SCHEDULED"])
+def test_a_scheduled_run_started_in_the_triggerer_waits_for_new_work(run_type: str) -> None:
+    fake = FakeS3()
+    t = rendered(sensor_trigger(fake), ORDINARY, run_type)
+    with pytest.raises(TimeoutError):
+        asyncio.run(first_event(t, within=0.1))
+    assert fake.lists and fake.lists[0] == PREFIX
+    fake.objects[PREFIX + "WHO-COVID-19-global-data-7.csv"] = ("e7", "2024-01-07T00:00:00+00:00")
+    event = asyncio.run(first_event(t))
+    assert event.xcoms["return_value"]["status"] == "new" and event.xcoms["return_value"]["count"] == 1
+
+
+@pytest.mark.parametrize(
+    ("params", "rerun"),
+    [(ORDINARY, False), ({**ORDINARY, "rerun_prefix": PREFIX}, True), ({**ORDINARY, "rerun_all": True}, True)],
+)
+def test_the_purge_gate_skips_an_ordinary_run_in_the_triggerer(params: dict[str, Any], rerun: bool) -> None:
+    from types import SimpleNamespace
+
+    from airflow.sdk import DAG
+    from airflow.triggers.base import TaskSkippedEvent, TriggerEvent
+
+    from covidflow.publish.purge_task import PurgeObsoleteOperator, RerunGate
+
+    with DAG("ingest_who", schedule=None):
+        purge = PurgeObsoleteOperator(task_id="purge_obsolete", source_id="who", summaries=[], purge_config={})
+    args = purge.start_trigger_args
+    assert purge.start_from_trigger and args.trigger_cls == "covidflow.publish.purge_task.RerunGate"
+    assert args.next_method == "execute_complete"
+    gate = RerunGate(**args.trigger_kwargs)
+    context = {"params": params, "dag_run": SimpleNamespace(run_type="manual")}
+    gate._do_render_template_fields(gate, ("rerun_request",), context, gate.get_template_env(), set())
+
+    async def first() -> Any:
+        return await gate.run().__anext__()
+
+    event = asyncio.run(first())
+    if rerun:
+        assert type(event) is TriggerEvent and event.payload == {"status": "rerun"}  # resumes on a worker
+    else:
+        assert isinstance(event, TaskSkippedEvent)
