@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 
 from covidflow import PROJECT_ROOT, settings
-from covidflow.normalise.stream_names import JOB_RELATIVE_PATH
+from covidflow.normalise.stream_names import JOB_RELATIVE_PATH, master_ui_url
 from covidflow.normalise.stream_operator import StreamSubmitOperator
 from covidflow.ops.callbacks import dag_defaults, on_failure
 
@@ -58,7 +58,7 @@ def check_and_act(params: dict[str, Any]) -> dict[str, Any]:
     hung or stuck app on the master: the task holding the stream then fails, and its retry (or a waiting
     submit) restarts the job from its checkpoint, which replays the batch."""
     from covidflow.normalise.stream_operator import kill_app
-    from covidflow.normalise.supervise import kill_unhealthy, master_ui_url, stream_health
+    from covidflow.normalise.supervise import kill_unhealthy, stream_health
 
     health = stream_health(limits=params)
     print(
@@ -111,7 +111,7 @@ def covidflow_stream() -> None:
         task_id="submit_stream",
         conn_id=settings.CONN_SPARK,
         application=str(PROJECT_ROOT / JOB_RELATIVE_PATH),
-        application_args=["--master-ui", f"http://{settings.HOST}:{settings.SPARK_MASTER_UI_PORT}"],
+        application_args=["--master-ui", master_ui_url()],  # the job checks it runs only once
         max_active_tis_per_dag=1,  # never two submitters, even across concurrent runs
         execution_timeout=None,  # the task lives as long as the stream
         retries=3,

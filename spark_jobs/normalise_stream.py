@@ -145,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     # The executors produce dead letters to the address the driver resolved (as when cfg carried it from settings).
     cfg = replace(cfg, bootstrap=kafka["bootstrap.servers"])
     _require_topics(kafka, [cfg.raw_topic, cfg.deadletter_topic])
-    n = ensure_schema(session(cfg.cassandra_host, cfg.cassandra_port),
-                      {"class": "SimpleStrategy", "replication_factor": cfg.replication_factor})  # fmt: skip
+    n = ensure_schema(session(cfg.cassandra_host, cfg.cassandra_port))  # replication: include/config/replication.yaml
     alias = ensure_index(client(cfg.elasticsearch_url))
     log.info("stores ready: %d CQL statements applied, ES write alias %s", n, alias)
 
@@ -163,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     beat = Heartbeat(app_id=app_id, app_name=app_name, started_at=now_iso(), updated_at=now_iso())
     totals = {"batches": 0, "input_rows": 0, "records": 0, "dead_letters": 0}
     cfg_dict = asdict(cfg)
+
+    # The cores the app may use (spark.cores.max; standalone's defaultParallelism is never below 2).
+    cores = int(spark.conf.get("spark.cores.max", "0") or 0) or spark.sparkContext.defaultParallelism
 
     def process_batch(df: Any, batch_id: int) -> None:
         # Said before any work, so the supervisor sees how long this batch has been running if it never ends.
@@ -182,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         parts = [
             json.loads(row["stats"])
             for row in df.select("value", "partition", "offset")
+            # One task per core, not per Kafka partition: each task is a Python round trip and a write per store,
+            # which a small batch over 6 partitions paid 6 times on one core. No shuffle; a record id always comes
+            # from one partition, in offset order.
+            .coalesce(cores)
             .mapInArrow(lambda batches: _partition(batches, cfg_dict, specs), "stats string")
             .collect()
         ]

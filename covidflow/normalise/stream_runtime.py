@@ -50,9 +50,9 @@ class StreamConfig:
     checkpoint: str = field(default_factory=lambda: str(state_dir() / "checkpoint"))
     heartbeat: str = field(default_factory=lambda: str(state_dir() / "heartbeat.json"))
     max_offsets_per_trigger: int = 20000
-    trigger_seconds: int = 5
+    #: An idle stream checks Kafka this often: a published file waits at most this long for its micro-batch.
+    trigger_seconds: int = 2
     store_retry_seconds: float = 600.0
-    replication_factor: int = 1
 
     @classmethod
     def from_env(cls, **overrides: Any) -> StreamConfig:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 import zipfile
@@ -18,7 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from covidflow import PROJECT_ROOT, settings
+from covidflow import PROJECT_ROOT
+from covidflow.normalise.stream_names import master_ui_url
 from covidflow.normalise.stream_runtime import APP_NAME, StreamConfig, state_dir
 
 log = logging.getLogger(__name__)
@@ -59,10 +59,6 @@ def supervision_limits(overrides: Mapping[str, Any] | None = None, path: Path | 
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ValueError(f"stream supervision limit {key} must be a positive number of seconds, not {value!r}")
     return {k: float(v) for k, v in limits.items()}
-
-
-def master_ui_url() -> str:
-    return os.environ.get("COVIDFLOW_SPARK_MASTER_UI", f"http://{settings.HOST}:{settings.SPARK_MASTER_UI_PORT}")
 
 
 def live_apps(master_status: dict[str, Any] | None, name: str = APP_NAME) -> list[dict[str, Any]]:
