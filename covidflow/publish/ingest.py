@@ -1,7 +1,7 @@
 """The work of the ingest DAG's tasks, through the providers' hooks; imported inside tasks only (heavy imports).
 
 ``select_new_objects`` lists the source's prefix (S3Hook) and drops what the manifest already has;
-``publish_object`` streams one object to Kafka (KafkaProducerHook with our producer settings) and marks it in
+``publish_object`` streams one object to Kafka (the Kafka factory's config plus our producer settings) and marks it in
 the manifest once every record is acknowledged.
 """
 
@@ -99,20 +99,15 @@ def select_objects(source_id: str, params: dict[str, Any]) -> list[dict[str, Any
 
 
 def kafka_producer(txn_id: str | None) -> Any:
-    """A confluent-kafka Producer from the covidflow_kafka connection plus include/config/ingest.yaml's settings.
+    """A confluent-kafka Producer: the covidflow_kafka connection through the one Kafka factory
+    (``covidflow.clients.kafka_config``: its extra as the provider reads it, SASL from login and password too),
+    plus include/config/ingest.yaml's producer-only settings, which do not belong in the shared connection (the
+    admin and consumer clients would warn on them)."""
+    from confluent_kafka import Producer
 
-    KafkaProducerHook builds the client from the connection extra only; producer-only settings do not belong in
-    the shared connection (the admin and consumer clients would warn on them), so they are added here.
-    """
-    from airflow.providers.apache.kafka.hooks.produce import KafkaProducerHook
+    from covidflow.clients import kafka_config
 
-    overrides = dict(ingest_config()["producer"])
-
-    class _IngestProducerHook(KafkaProducerHook):
-        def _get_client(self, config: dict[str, Any]) -> Any:
-            return super()._get_client(producer_config(config, overrides, txn_id))
-
-    return _IngestProducerHook(kafka_config_id=settings.CONN_KAFKA).get_producer()
+    return Producer(producer_config(kafka_config(), ingest_config()["producer"], txn_id))
 
 
 def publish_object(source_id: str, obj_dict: dict[str, Any]) -> dict[str, Any]:
