@@ -134,6 +134,15 @@ _VERSION_EPOCH_S = int(VERSION_EPOCH.timestamp())
 _VINTAGE_BITS, _INGESTED_BITS = 31, 32  # 63 bits: a positive int64, Cassandra's write time and ES's version
 
 
+def parse_instant(value: str | datetime | None) -> datetime | None:
+    """An ISO date or datetime (an envelope's, a summary's, a document's; naive means UTC) as an aware UTC datetime;
+    None for an empty value. The one reading of the schema's instants (vintage, ingested_at, landed_at)."""
+    if value is None or value == "":
+        return None
+    parsed = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
 def write_version(vintage: datetime, ingested_at: datetime) -> int:
     """Which write of a record wins: the newer vintage, then, for the same vintage, the later ingest.
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from covidflow.catalog.schema import ObservationSchema, load_schema, record_id
+from covidflow.catalog.schema import ObservationSchema, load_schema, parse_instant, record_id
 from covidflow.normalise.core import Provenance, Reject
 from covidflow.publish.envelope import DeadLetter, ObjectRef, RawEnvelope
 from covidflow.read.base import RawRecord
@@ -35,14 +35,6 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {
     "timestamp": (datetime,),
     "geo_point": (dict,),
 }
-
-
-def parse_instant(text: str | None) -> datetime | None:
-    """An ISO date or datetime from an envelope as an aware UTC datetime (naive means UTC)."""
-    if not text:
-        return None
-    value = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def provenance_of(env: RawEnvelope, *, now: datetime | None = None) -> Provenance:

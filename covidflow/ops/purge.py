@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from covidflow.catalog.schema import ObservationSchema, load_schema, write_version
+from covidflow.catalog.schema import ObservationSchema, load_schema, parse_instant, write_version
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,6 @@ CONCURRENCY = 32  # Cassandra deletes in flight
 
 
 # -- what to purge (pure) ---------------------------------------------------------------------------------------
-
-
-def parse_instant(text: str | datetime) -> datetime:
-    """An ISO date or datetime (naive means UTC) as an aware UTC datetime."""
-    value = text if isinstance(text, datetime) else datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 @dataclass(frozen=True)
