@@ -122,24 +122,14 @@ def test_a_malformed_connection_is_an_error_not_a_fallback(monkeypatch: pytest.M
         clients.elasticsearch_endpoint()
 
 
-def test_no_other_module_builds_store_clients() -> None:
+def test_no_other_module_builds_store_clients(code_lines_matching) -> None:
     """Elasticsearch(...) and Cluster(...) are built in covidflow.clients only (the stack's own start-up probe
     of the Cassandra it launched is the one exception)."""
     import re
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
     pattern = re.compile(r"\b(Elasticsearch|Cluster|CassandraHook|ElasticsearchPythonHook|ElasticsearchSQLHook)\(")
     allowed = {"covidflow/clients.py", "covidflow/stack/services/cassandra.py"}
-    found = [
-        f"{path.relative_to(root)}:{n}"
-        for folder in ("covidflow", "dags", "plugins", "spark_jobs")
-        for path in sorted((root / folder).rglob("*.py"))
-        if str(path.relative_to(root)) not in allowed
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-        if pattern.search(line)
-    ]
-    assert found == []
+    assert code_lines_matching(pattern, allowed) == []
 
 
 def test_outside_airflow_the_connection_is_read_from_the_environment_without_importing_airflow() -> None:

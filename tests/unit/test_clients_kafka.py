@@ -178,24 +178,14 @@ def test_an_executor_reads_the_forwarded_connection_without_airflow() -> None:
     assert json.loads(out.stdout) == ["covidflow", SECRET, "c.example", SECRET]
 
 
-def test_no_other_module_builds_a_kafka_config_by_hand() -> None:
+def test_no_other_module_builds_a_kafka_config_by_hand(code_lines_matching) -> None:
     """Every Producer, Consumer and AdminClient config comes from kafka_config (the stack's probe of the broker it
     launched, and the connection it defines, are the exceptions)."""
     import re
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
     pattern = re.compile(r"""["']bootstrap\.servers["']\s*:|\b(Producer|Consumer|AdminClient)\(\s*\{""")
     allowed = {"covidflow/clients.py", "covidflow/stack/services/kafka.py", "covidflow/stack/connections.py"}
-    found = [
-        f"{path.relative_to(root)}:{n}"
-        for folder in ("covidflow", "dags", "plugins", "spark_jobs")
-        for path in sorted((root / folder).rglob("*.py"))
-        if str(path.relative_to(root)) not in allowed
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-        if pattern.search(line)
-    ]
-    assert found == []
+    assert code_lines_matching(pattern, allowed) == []
 
 
 JAAS_PARSER = """
