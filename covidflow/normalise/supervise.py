@@ -261,20 +261,31 @@ def build_bundle(dest: Path | None = None) -> Path:
     return dest
 
 
-def submit_conf(bundle: Path) -> dict[str, str]:
-    """Spark conf for the job: small memory, the bundle as an archive, the venv's Python on executors."""
+def submit_conf(bundle: Path, executor_env: Path | None = None, *, master: str | None = None) -> dict[str, str]:
+    """Spark conf for the job: small memory, the code bundle and the executors' Python environment as archives.
+
+    Executors run ``./covidflow_env/bin/python`` from the packed environment (``covidflow.stack.executor_env``;
+    built on first use when ``executor_env`` is not given), so a worker needs nothing installed but Python 3.11.
+    The driver keeps this venv's Python. A ``local`` master has no separate executors: they run this Python."""
+    conf = {**SPARK_CONF, "spark.pyspark.driver.python": sys.executable}
+    if master is not None and master.startswith("local"):
+        return {**conf, "spark.archives": f"{bundle}#{BUNDLE_NAME}", "spark.pyspark.python": sys.executable}
+    from covidflow.stack.executor_env import ENV_NAME, ensure_executor_env
+
+    env = executor_env or ensure_executor_env()
     return {
-        **SPARK_CONF,
-        "spark.archives": f"{bundle}#{BUNDLE_NAME}",
-        "spark.pyspark.python": sys.executable,
-        "spark.pyspark.driver.python": sys.executable,
+        **conf,
+        "spark.archives": f"{bundle}#{BUNDLE_NAME},{env}#{ENV_NAME}",
+        "spark.pyspark.python": f"./{ENV_NAME}/bin/python",
     }
 
 
-def spark_submit_command(master: str, job_args: list[str], *, bundle: Path, jars: list[Path]) -> list[str]:
+def spark_submit_command(
+    master: str, job_args: list[str], *, bundle: Path, jars: list[Path], executor_env: Path | None = None
+) -> list[str]:
     """The plain ``spark-submit`` command the DAG's operator amounts to (used by tests and the benchmark)."""
     cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", master, "--name", APP_NAME]
     cmd += ["--jars", ",".join(str(j) for j in jars)]
-    for key, value in submit_conf(bundle).items():
+    for key, value in submit_conf(bundle, executor_env, master=master).items():
         cmd += ["--conf", f"{key}={value}"]
     return [*cmd, str(JOB_PATH), *job_args]

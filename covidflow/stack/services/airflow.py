@@ -68,14 +68,15 @@ def admin_password(home: StackHome | None = None) -> str:
 
 
 def _spark_client_env(home: StackHome) -> dict[str, str]:
-    """What SparkSubmitOperator's ``spark-submit`` needs: Java 17, SPARK_HOME, loopback address."""
+    """What SparkSubmitOperator's ``spark-submit`` needs: Java 17, SPARK_HOME, loopback address, and the Pythons:
+    the driver's (this venv) and the executors' default (the workers' bare Python; jobs ship their own)."""
     from covidflow.stack.services.spark import spark_env
 
     try:
         env = spark_env(home)
     except RuntimeError:  # no Java 17: Airflow still starts, Spark tasks fail with the log saying why
         return {}
-    return {k: env[k] for k in ("SPARK_HOME", "JAVA_HOME", "SPARK_LOCAL_IP", "PYSPARK_PYTHON")}
+    return {k: env[k] for k in ("SPARK_HOME", "JAVA_HOME", "SPARK_LOCAL_IP", "PYSPARK_DRIVER_PYTHON", "PYSPARK_PYTHON")}
 
 
 #: SQLite connect args (AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS imports them): four processes share one
