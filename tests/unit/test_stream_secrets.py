@@ -63,7 +63,8 @@ def test_the_spark_submit_command_and_its_log_line_carry_no_secret(tmp_path: Pat
     from covidflow.stack.services.spark import spark_env
 
     op = _operator()
-    op.configure(submit_conf(tmp_path / "bundle.zip"), [tmp_path / "kafka.jar"], spark_env(StackHome(tmp_path)))
+    conf = submit_conf(tmp_path / "bundle.zip", tmp_path / "env.tar.gz")  # no environment is built here
+    op.configure(conf, [tmp_path / "kafka.jar"], spark_env(StackHome(tmp_path)))
     hook = op._get_hook()
     with caplog.at_level(logging.INFO):
         cmd = hook._build_spark_submit_command(op.application)

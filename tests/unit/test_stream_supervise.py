@@ -174,6 +174,7 @@ def test_bundle_has_code_and_specs_but_no_samples(tmp_path: Path) -> None:
     assert "include/schemas/observation.yaml" in names
     assert not any(n.startswith("include/samples/") for n in names)
     assert not any("__pycache__" in n for n in names)
-    conf = submit_conf(bundle)
-    assert conf["spark.archives"] == f"{bundle}#covidflow_bundle"
+    conf = submit_conf(bundle, tmp_path / "env.tar.gz")
+    assert conf["spark.archives"] == f"{bundle}#covidflow_bundle,{tmp_path / 'env.tar.gz'}#covidflow_env"
+    assert conf["spark.pyspark.python"] == "./covidflow_env/bin/python"
     assert conf["spark.driver.memory"] == "768m" and conf["spark.cores.max"] == "1"
