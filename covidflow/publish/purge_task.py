@@ -8,7 +8,7 @@ Only a re-run resumes on a worker, where :func:`covidflow.ops.purge.purge_rerun`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -73,8 +73,7 @@ class PurgeObsoleteOperator(BaseOperator):
 
         from covidflow.ops.purge import purge_rerun
 
-        summaries: Sequence[Any] = list(self.summaries or [])
-        done = purge_rerun(self.source_id, context["params"], list(summaries), self.purge_config)
+        done = purge_rerun(self.source_id, context["params"], list(self.summaries or []), self.purge_config)
         if done is None:
             raise AirflowSkipException("not a re-run: nothing to purge")
         return done
