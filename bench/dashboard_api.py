@@ -16,11 +16,10 @@ import sys
 import time
 import urllib.request
 
-from elasticsearch import Elasticsearch
-
-from covidflow import settings
+from covidflow import clients, settings
 from covidflow.show import es_queries as q
 from covidflow.stack.airflow_api import AirflowClient
+from covidflow.stack.connections import use_stack_connections
 
 GOAL_MS = 300.0
 D = dt.date
@@ -64,12 +63,13 @@ def timed(fn) -> float:
 
 
 def main() -> int:
+    use_stack_connections()  # the local stack's logins, unless the environment has its own connections
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--alias", default="covid-observations")
     ap.add_argument("--base", default=f"{settings.AIRFLOW_URL}/covidflow/api/")
     args = ap.parse_args()
-    es = Elasticsearch(settings.ELASTICSEARCH_URL, request_timeout=30)
+    es = clients.elasticsearch(cached=False, request_timeout=30)
     # The plugin needs Airflow's login: a token from POST /auth/token, as the stack's admin.
     auth = {"Authorization": f"Bearer {AirflowClient().token}"}
     print(f"{'endpoint':<10} {'API median':>11} {'API p95':>9} {'ES median':>10} {'ES p95':>8} {'ES took':>8}")

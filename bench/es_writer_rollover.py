@@ -14,13 +14,12 @@ import time
 import uuid
 from itertools import islice
 
-from elasticsearch import Elasticsearch
-
+from covidflow import clients
 from covidflow.catalog.specs import load_all
 from covidflow.index.es_template import generate_template
 from covidflow.index.es_writer import EsWriter
 from covidflow.normalise.preview import run_file
-from covidflow.settings import ELASTICSEARCH_URL
+from covidflow.stack.connections import use_stack_connections
 
 
 def timed_writes(writer: EsWriter, records: list[dict], batch: int) -> float:
@@ -32,6 +31,7 @@ def timed_writes(writer: EsWriter, records: list[dict], batch: int) -> float:
 
 
 def main() -> None:
+    use_stack_connections()  # the local stack's logins, unless the environment has its own connections
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=20_000)
     ap.add_argument("--batch", type=int, default=2_000)
@@ -40,7 +40,7 @@ def main() -> None:
     records = list(islice((r for spec in load_all().values() if spec.sample_path
                            for r in run_file(spec, spec.sample_path)[0]), 2 * args.records))  # fmt: skip
     first, second = records[: args.records], records[args.records :]
-    es = Elasticsearch(ELASTICSEARCH_URL, request_timeout=120)
+    es = clients.elasticsearch(cached=False, request_timeout=120)
     alias = f"bench-writer-{uuid.uuid4().hex[:8]}"
     tpl = generate_template()["template"]
     es.indices.create(index=f"{alias}-000001", settings=tpl["settings"], mappings=tpl["mappings"],

@@ -34,13 +34,14 @@ from pathlib import Path
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from covidflow import settings
 from covidflow.catalog.specs import find_spec
+from covidflow.clients import kafka_config
 from covidflow.land.objects import LandedObject
 from covidflow.publish.config import ingest_config
 from covidflow.publish.kafka import open_stream, publish_records, transactional_id
 from covidflow.read import read_records
 from covidflow.read.batch import read_batches
+from covidflow.stack.connections import use_stack_connections
 from covidflow.stack.services.s3 import s3_client
 
 SOURCE = "spf_vacsi"
@@ -60,7 +61,7 @@ def make_csv(path: Path, rows: int) -> None:
 
 
 def producer(txn_id: str | None = None) -> Producer:
-    config = {"bootstrap.servers": settings.KAFKA_BOOTSTRAP, **ingest_config()["producer"]}
+    config = kafka_config(ingest_config()["producer"])
     if txn_id:
         config["transactional.id"] = txn_id
     return Producer(config)
@@ -153,6 +154,7 @@ def child(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    use_stack_connections()  # the local stack's logins, unless the environment has its own connections
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=1, help="run the phases N times (interleaved); medians")
@@ -166,7 +168,7 @@ def main() -> None:
     if args.phase:
         child(args)
         return
-    admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP})
+    admin = AdminClient(kafka_config())
     topic = f"bench.publish.{uuid.uuid4().hex[:8]}"
     admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)])[topic].result(30)
     s3, bucket = s3_client(timeout=60), f"bench-publish-{uuid.uuid4().hex[:8]}"

@@ -33,6 +33,7 @@ from covidflow.land.manifest import marker_key
 from covidflow.land.objects import LandedObject
 from covidflow.publish.config import ingest_config
 from covidflow.stack.airflow_api import AirflowClient
+from covidflow.stack.connections import use_stack_connections
 from covidflow.stack.services.s3 import s3_client
 
 SOURCE, RECORDS = "who_covid19_global_weekly", 996
@@ -91,6 +92,7 @@ def p95(values: list[float]) -> float:
 
 
 def main() -> None:
+    use_stack_connections()  # the local stack's logins, unless the environment has its own connections
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10, help="rounds per path")
     args = parser.parse_args()

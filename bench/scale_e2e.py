@@ -31,10 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
 
-from covidflow import settings
+from covidflow import clients, settings
 from covidflow.catalog.specs import find_spec
 from covidflow.demo import published_vintage
 from covidflow.stack.airflow_api import AirflowClient
+from covidflow.stack.connections import use_stack_connections
 from covidflow.stack.services.s3 import s3_client
 
 SOURCE = "spf_donnees_hospitalieres"
@@ -137,13 +138,13 @@ def one_size(client: AirflowClient, s3, es, rows: int, prefix: str, stamp: str) 
 
 
 def main() -> None:
+    use_stack_connections()  # the local stack's logins, unless the environment has its own connections
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 300_000])
     args = parser.parse_args()
-    from elasticsearch import Elasticsearch
 
     spec = find_spec(SOURCE)
-    client, s3, es = AirflowClient(), s3_client(timeout=300), Elasticsearch(settings.ELASTICSEARCH_URL)
+    client, s3, es = AirflowClient(), s3_client(timeout=300), clients.elasticsearch(cached=False)
     client.trigger("covidflow_stream")
     results = []
     for n, rows in enumerate(sorted(args.rows)):

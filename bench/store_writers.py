@@ -205,6 +205,9 @@ def run_child(phase: str, data: Path, target: str, batch: int, limit: int) -> di
 
 
 def main() -> None:
+    from covidflow.stack.connections import use_stack_connections
+
+    use_stack_connections()  # the local stack's logins, unless the environment has its own connections
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=100_000, help="canonical records (4 per generated row)")
     parser.add_argument("--batch", type=int, default=20_000, help="records per write call (a stream partition)")

@@ -36,12 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from covidflow import settings
 from covidflow.catalog.schema import load_schema
 from covidflow.catalog.specs import find_spec, load_all
+from covidflow.clients import kafka_config
 from covidflow.index.es_writer import arrow_actions, client, ensure_index
 from covidflow.normalise.replay import envelopes_for_file, publish_file
 from covidflow.normalise.stream import process_messages
 from covidflow.normalise.stream_runtime import NormaliserCache
 from covidflow.normalise.supervise import build_bundle, fetch_master_status, spark_submit_command
 from covidflow.read.base import RawReject
+from covidflow.stack.connections import use_stack_connections
 from covidflow.stack.home import StackHome
 from covidflow.stack.services.spark import kafka_connector_jars, spark_env
 from covidflow.store.cassandra_writer import CassandraWriter, ensure_schema, session
@@ -103,6 +105,7 @@ def visible(sess, es, table: Any) -> bool:
 
 
 def main() -> None:
+    use_stack_connections()  # the local stack's logins, unless the environment has its own connections
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--latency-runs", type=int, default=15)
     parser.add_argument("--spf-rows", type=int, default=50_000, help="rows of the synthetic SPF file (4 records each)")
@@ -148,7 +151,7 @@ def main() -> None:
         jars=kafka_connector_jars(home),
     )
     topics = [env["COVIDFLOW_STREAM_RAW_TOPIC"], env["COVIDFLOW_STREAM_DEADLETTER_TOPIC"]]
-    admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP})
+    admin = AdminClient(kafka_config())
     for future in admin.create_topics([NewTopic(t, num_partitions=6, replication_factor=1) for t in topics]).values():
         future.result(30)  # the job never creates topics
     log = (state / "job.log").open("w")
@@ -167,7 +170,7 @@ def main() -> None:
             time.sleep(1)
         if not beat():
             raise SystemExit(f"bench job did not start; see {state / 'job.log'}")
-        producer = Producer({"bootstrap.servers": settings.KAFKA_BOOTSTRAP, "enable.idempotence": True})
+        producer = Producer(kafka_config({"enable.idempotence": True}))
         stream_vintage = base + timedelta(seconds=1)
         want = records_for(files, stream_vintage).num_rows
         t0 = time.monotonic()

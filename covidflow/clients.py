@@ -349,7 +349,7 @@ def kafka_config(
     return KafkaConfig(config)
 
 
-def _jaas_quoted(value: str) -> str:
+def jaas_quoted(value: str) -> str:
     """A JAAS option value in double quotes (Kafka's parser reads backslash escapes inside them)."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -374,7 +374,7 @@ def kafka_spark_options(config: Mapping[str, Any] | None = None) -> KafkaConfig:
             raise ValueError(f"SASL mechanism {mechanism or '(none)'} has no username/password login module for "
                              f"Spark's Kafka source; use one of {', '.join(_JAAS_LOGIN_MODULES)}")  # fmt: skip
         options["kafka.sasl.mechanism"] = mechanism
-        user, secret = _jaas_quoted(str(username or "")), _jaas_quoted(str(password or ""))
+        user, secret = jaas_quoted(str(username or "")), jaas_quoted(str(password or ""))
         options["kafka.sasl.jaas.config"] = f"{module} required username={user} password={secret};"
     return KafkaConfig(options)
 

@@ -12,6 +12,7 @@ from covidflow.cli.ingest import ingest
 from covidflow.cli.query import query
 from covidflow.cli.sources import sources
 from covidflow.cli.stack import stack
+from covidflow.stack.connections import use_stack_connections
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,6 +24,8 @@ def cli(verbose: bool) -> None:
         format="%(asctime)s %(levelname)-7s %(message)s",
         datefmt="%H:%M:%S",
     )
+    # Outside Airflow, the local stack's connections (with their credentials) unless the environment has its own.
+    use_stack_connections()
 
 
 cli.add_command(stack)

@@ -8,12 +8,23 @@ secrets in ``covidflow.stack.credentials`` the single source of truth.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 from urllib.parse import urlsplit
 
 from covidflow import settings
 from covidflow.stack.credentials import local_secret
 from covidflow.stack.home import StackHome
+
+#: The local stack's Kafka listener: SASL over plain TCP on loopback (no TLS certificates to manage locally).
+KAFKA_SECURITY_PROTOCOL = "SASL_PLAINTEXT"
+KAFKA_SASL_MECHANISM = "PLAIN"
+#: The Kafka user every covidflow client logs in as (the broker has its own, for itself).
+KAFKA_CLIENT_USER = "covidflow"
+#: The Cassandra role every covidflow client logs in as; the default superuser ``cassandra`` is disabled.
+CASSANDRA_ROLE = "covidflow"
+#: The Elasticsearch user (file realm) every covidflow client logs in as, with HTTP basic authentication.
+ELASTICSEARCH_USER = "covidflow"
 
 
 def _host_port(url: str, default_port: int) -> tuple[str, str, int]:
@@ -40,18 +51,30 @@ def connections(home: StackHome) -> dict[str, dict[str, Any]]:
         },
         settings.CONN_KAFKA: {
             "conn_type": "kafka",
-            "extra": {"bootstrap.servers": settings.KAFKA_BOOTSTRAP},
+            # The apache-kafka provider's hooks read the extra only, as a confluent config: the SASL login goes
+            # there too, so they and covidflow.clients.kafka_config authenticate the same way.
+            "extra": {
+                "bootstrap.servers": settings.KAFKA_BOOTSTRAP,
+                "security.protocol": KAFKA_SECURITY_PROTOCOL,
+                "sasl.mechanism": KAFKA_SASL_MECHANISM,
+                "sasl.username": KAFKA_CLIENT_USER,
+                "sasl.password": local_secret(home, "kafka_client_password"),
+            },
         },
         settings.CONN_CASSANDRA: {
             "conn_type": "cassandra",
             "host": settings.CASSANDRA_HOST,
             "port": settings.CASSANDRA_PORT,
+            "login": CASSANDRA_ROLE,
+            "password": local_secret(home, "cassandra_password"),
         },
         settings.CONN_ELASTICSEARCH: {
             "conn_type": "elasticsearch",
             "host": es_host,
             "port": es_port,
             "schema": es_scheme or "http",
+            "login": ELASTICSEARCH_USER,
+            "password": local_secret(home, "elasticsearch_password"),
         },
         settings.CONN_SPARK: {
             # SparkSubmitHook rebuilds the master URL as host:port, so the scheme stays in host.
@@ -71,3 +94,14 @@ def env_var(conn_id: str) -> str:
 def airflow_conn_env(home: StackHome) -> dict[str, str]:
     """``AIRFLOW_CONN_*`` -> JSON value, for the environment of every Airflow process."""
     return {env_var(conn_id): json.dumps(conn, sort_keys=True) for conn_id, conn in connections(home).items()}
+
+
+def use_stack_connections(home: StackHome | None = None) -> None:
+    """Give this process the local stack's connections, where its environment defines none.
+
+    Airflow's processes get them at start; the ``covidflow`` command, the benchmarks and the integration tests
+    call this, so that ``covidflow.clients`` logs in to the authenticated local services the same way. A
+    connection already in the environment (a real deployment's) is never replaced.
+    """
+    for name, value in airflow_conn_env(home or StackHome.from_env()).items():
+        os.environ.setdefault(name, value)

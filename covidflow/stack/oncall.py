@@ -22,15 +22,18 @@ from covidflow.stack.home import StackHome
 CQLSH_VERSION = "6.2.2"  # Apache cqlsh packaged on PyPI; 6.2 is the shell of Cassandra 5.0
 KAFKA_TOOLS_CLASSPATH = "kafka-tools-4.3.1"
 
-#: shell command -> (Java main class, the option that names the broker, or "" when the tool has none)
-KAFKA_TOOLS: dict[str, tuple[str, str]] = {
-    "kafka-topics": ("org.apache.kafka.tools.TopicCommand", "--bootstrap-server"),
-    "kafka-consumer-groups": ("org.apache.kafka.tools.consumer.group.ConsumerGroupCommand", "--bootstrap-server"),
-    "kafka-console-consumer": ("org.apache.kafka.tools.consumer.ConsoleConsumer", "--bootstrap-server"),
-    "kafka-console-producer": ("org.apache.kafka.tools.ConsoleProducer", "--bootstrap-server"),
-    "kafka-get-offsets": ("org.apache.kafka.tools.GetOffsetShell", "--bootstrap-server"),
-    "kafka-configs": ("kafka.admin.ConfigCommand", "--bootstrap-server"),
-}
+#: shell command -> (Java main class, the option that names the broker, the option that names the client config)
+KAFKA_TOOLS: dict[str, tuple[str, str, str]] = {
+    "kafka-topics": ("org.apache.kafka.tools.TopicCommand", "--bootstrap-server", "--command-config"),
+    "kafka-consumer-groups": (
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand", "--bootstrap-server", "--command-config"
+    ),
+    "kafka-console-consumer": ("org.apache.kafka.tools.consumer.ConsoleConsumer", "--bootstrap-server",
+                               "--command-config"),
+    "kafka-console-producer": ("org.apache.kafka.tools.ConsoleProducer", "--bootstrap-server", "--command-config"),
+    "kafka-get-offsets": ("org.apache.kafka.tools.GetOffsetShell", "--bootstrap-server", "--command-config"),
+    "kafka-configs": ("kafka.admin.ConfigCommand", "--bootstrap-server", "--command-config"),
+}  # fmt: skip
 
 LOG4J2 = """status = error
 appender.console.type = Console
@@ -84,6 +87,30 @@ def install_tools(home: StackHome) -> list[str]:
     return done
 
 
+def write_login_files(home: StackHome) -> tuple[Path, Path]:
+    """cqlsh's cqlshrc and the Kafka tools' client properties, with the logins of this home's connections; readable
+    by their owner only, rewritten at every call (the secrets are the stack's, ``covidflow.stack.credentials``)."""
+    from covidflow.clients import kafka_spark_options
+    from covidflow.stack.connections import connections
+
+    conns, conf = connections(home), home.conf_dir("oncall")
+    cassandra = conns[settings.CONN_CASSANDRA]
+    cqlshrc = conf / "cqlshrc"
+    _write_private(cqlshrc, f"[authentication]\nusername = {cassandra['login']}\npassword = {cassandra['password']}\n")
+    # The JVM tools take the JVM client's settings: the Spark Kafka source's options without their prefix.
+    jvm = {k.removeprefix("kafka."): v for k, v in kafka_spark_options(conns[settings.CONN_KAFKA]["extra"]).items()}
+    jvm.pop("bootstrap.servers")  # given on the command line
+    kafka = conf / "kafka-client.properties"
+    _write_private(kafka, "".join(f"{key}={value}\n" for key, value in sorted(jvm.items())))
+    return cqlshrc, kafka
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(text)
+
+
 def oncall_env(home: StackHome) -> dict[str, str]:
     """Every variable a shell needs: Airflow's own environment (AIRFLOW_HOME, AIRFLOW__*, AIRFLOW_CONN_*, PATH
     with the venv first) and the other tools' endpoints."""
@@ -91,6 +118,7 @@ def oncall_env(home: StackHome) -> dict[str, str]:
     from covidflow.stack.services.airflow import airflow_env
 
     env = airflow_env(home)
+    cqlshrc, kafka_client = write_login_files(home)
     env["PATH"] = os.pathsep.join([str(cqlsh_bin(home).parent), env["PATH"]])
     try:
         java = str(java_home(17) / "bin" / "java")
@@ -101,6 +129,8 @@ def oncall_env(home: StackHome) -> dict[str, str]:
             "CQLSH_HOST": settings.CASSANDRA_HOST,
             "CQLSH_PORT": str(settings.CASSANDRA_PORT),
             "KAFKA_BOOTSTRAP_SERVERS": settings.KAFKA_BOOTSTRAP,
+            "COVIDFLOW_CQLSHRC": str(cqlshrc),
+            "COVIDFLOW_KAFKA_CLIENT_CONFIG": str(kafka_client),
             "COVIDFLOW_KAFKA_CLASSPATH": kafka_classpath(home),
             "COVIDFLOW_JAVA": java,
             "KAFKA_LOG4J_OPTS": f"-Dlog4j2.configurationFile={log4j_conf(home)}",
@@ -114,9 +144,10 @@ def oncall_env(home: StackHome) -> dict[str, str]:
 def shell_script(env: Mapping[str, str]) -> str:
     """``export`` lines and the Kafka tool functions, for ``eval "$(covidflow stack env)"`` in bash or zsh."""
     lines = [f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())]
-    for command, (main, broker) in KAFKA_TOOLS.items():
+    lines.append('cqlsh() { command cqlsh --cqlshrc "$COVIDFLOW_CQLSHRC" "$@"; }')
+    for command, (main, broker, client_config) in KAFKA_TOOLS.items():
         lines.append(
             f'{command}() {{ "$COVIDFLOW_JAVA" $KAFKA_LOG4J_OPTS -cp "$COVIDFLOW_KAFKA_CLASSPATH" {main} '
-            f'{broker} "$KAFKA_BOOTSTRAP_SERVERS" "$@"; }}'
+            f'{broker} "$KAFKA_BOOTSTRAP_SERVERS" {client_config} "$COVIDFLOW_KAFKA_CLIENT_CONFIG" "$@"; }}'
         )
     return "\n".join(lines) + "\n"

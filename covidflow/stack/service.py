@@ -8,6 +8,7 @@ rest the same way for every service: pid files, logs, port checks, health waits 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -15,6 +16,8 @@ import socket
 import subprocess
 import urllib.request
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +70,21 @@ class Service(ABC):
 
 
 # --- checks shared by services -------------------------------------------------------------------
+
+
+@contextmanager
+def quiet_loggers(*names: str, level: int = logging.CRITICAL) -> Iterator[None]:
+    """Raise these loggers' level for a probe whose failures are expected answers (a node still starting, a
+    refused first login), not errors or tracebacks to print at every poll."""
+    loggers = [logging.getLogger(name) for name in names]
+    before = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, old in zip(loggers, before, strict=True):
+            logger.setLevel(old)
 
 
 def port_open(port: int, host: str = HOST, timeout: float = 1.0) -> bool:

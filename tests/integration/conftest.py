@@ -14,12 +14,25 @@ from typing import Any
 import pytest
 
 from covidflow import PROJECT_ROOT, settings
-from covidflow.stack.connections import airflow_conn_env
+from covidflow.clients import kafka_config
+from covidflow.stack.connections import airflow_conn_env, use_stack_connections
 from covidflow.stack.home import StackHome
 
 
 @pytest.fixture(scope="session", autouse=True)
-def project_kafka_topics() -> dict[str, str]:
+def stack_connections() -> Iterator[None]:
+    """The local stack's connections (``AIRFLOW_CONN_*``, with their credentials) in this process's environment, as
+    ``covidflow`` commands and Airflow's processes have them: clients built by ``covidflow.clients`` in the tests,
+    and the spark-submit and Airflow processes the tests start, log in to Kafka and Cassandra."""
+    before = dict(os.environ)
+    use_stack_connections()
+    yield
+    for name in set(os.environ) - set(before):
+        del os.environ[name]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def project_kafka_topics(stack_connections: None) -> dict[str, str]:
     """Create or converge include/config/topics.yaml's topics before any test, through the code path of the
     ``covidflow_kafka_topics`` DAG (``ensure_project_topics``, the covidflow_kafka connection), so the tests
     stand alone on an empty stack (after ``stack reset``) without ``make demo`` first.
@@ -30,23 +43,13 @@ def project_kafka_topics() -> dict[str, str]:
     from confluent_kafka.admin import AdminClient
 
     from covidflow.publish.topics import ensure_project_topics
-    from covidflow.stack.connections import env_var
 
     try:
-        AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP, "log_level": 0}).list_topics(timeout=5)
+        AdminClient(kafka_config({"log_level": 0})).list_topics(timeout=5)
     except Exception as exc:
         print(f"\nKafka is not reachable at {settings.KAFKA_BOOTSTRAP} ({exc}): topics not created")
         return {}
-    name = env_var(settings.CONN_KAFKA)
-    before = os.environ.get(name)
-    os.environ[name] = airflow_conn_env(StackHome.from_env())[name]
-    try:
-        return ensure_project_topics()
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
+    return ensure_project_topics()
 
 
 @pytest.fixture(scope="module")

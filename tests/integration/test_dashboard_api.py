@@ -21,7 +21,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from covidflow import PROJECT_ROOT, settings
+from covidflow import PROJECT_ROOT, clients, settings
 from covidflow.catalog.specs import find_spec
 from covidflow.index.es_template import generate_template
 from covidflow.normalise.preview import run_file
@@ -46,9 +46,8 @@ OLD_VINTAGE_VALUE = -1.0  # an older vintage of Paris 2020-04-01 that the API mu
 
 
 def es_client() -> Any:
-    from elasticsearch import Elasticsearch
 
-    return Elasticsearch(ES_URL, request_timeout=120)
+    return clients.elasticsearch(cached=False, request_timeout=120)
 
 
 def sample_documents(sources: tuple[str, ...]) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from covidflow import settings
+from covidflow import clients, settings
 from covidflow.catalog.specs import find_spec, load_all
+from covidflow.clients import cassandra_cluster, cassandra_endpoint, kafka_config
 from covidflow.normalise.replay import envelopes_for_file, publish_file
 from covidflow.normalise.stream import process_messages
 from covidflow.normalise.stream_runtime import NormaliserCache
@@ -56,20 +57,18 @@ UNDECODABLE = b"not json: e2e marker"
 def _producer():
     from confluent_kafka import Producer
 
-    return Producer({"bootstrap.servers": settings.KAFKA_BOOTSTRAP, "enable.idempotence": True})
+    return Producer(kafka_config({"enable.idempotence": True}))
 
 
 def _require_services() -> None:
     """Fail (not skip) with the service named when the stack is not up."""
-    from cassandra.cluster import Cluster
     from confluent_kafka.admin import AdminClient
-    from elasticsearch import Elasticsearch
 
-    AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP}).list_topics(timeout=10)  # raises if unreachable
-    cluster = Cluster([settings.CASSANDRA_HOST], port=settings.CASSANDRA_PORT, connect_timeout=10)
+    AdminClient(kafka_config()).list_topics(timeout=10)  # raises if unreachable
+    cluster = cassandra_cluster(cassandra_endpoint(), connect_timeout=10)
     cluster.connect().execute("SELECT release_version FROM system.local")
     cluster.shutdown()
-    health = Elasticsearch(settings.ELASTICSEARCH_URL).cluster.health(wait_for_status="yellow", timeout="30s")
+    health = clients.elasticsearch(cached=False).cluster.health(wait_for_status="yellow", timeout="30s")
     assert health["status"] in ("green", "yellow"), health
 
 
@@ -104,10 +103,9 @@ def expected_records(files: list[tuple[str, Path]], vintage: datetime) -> dict[s
 
 def cassandra_by_vintage(expected: dict[str, dict]) -> dict[str, float]:
     """record_id -> value of every row in the observations_by_vintage partitions the expected records fall in."""
-    from cassandra.cluster import Cluster
     from cassandra.concurrent import execute_concurrent_with_args
 
-    sess = Cluster([settings.CASSANDRA_HOST], port=settings.CASSANDRA_PORT).connect("covidflow")
+    sess = cassandra_cluster(cassandra_endpoint()).connect("covidflow")
     parts = {(r["source_id"], r["vintage"], r["location_key"], r["metric"]) for r in expected.values()}
     stmt = sess.prepare(
         "SELECT record_id, value FROM observations_by_vintage WHERE source_id=? AND vintage=? AND location_key=? "
@@ -121,9 +119,9 @@ def cassandra_by_vintage(expected: dict[str, dict]) -> dict[str, float]:
 
 
 def es_by_vintage(expected: dict[str, dict]) -> dict[str, float]:
-    from elasticsearch import Elasticsearch, helpers
+    from elasticsearch import helpers
 
-    es = Elasticsearch(settings.ELASTICSEARCH_URL)
+    es = clients.elasticsearch(cached=False)
     es.indices.refresh(index="covid-observations")
     pairs = {(r["source_id"], r["vintage"].isoformat()) for r in expected.values()}
     found: dict[str, float] = {}
@@ -137,8 +135,7 @@ def es_by_vintage(expected: dict[str, dict]) -> dict[str, float]:
 def dead_letters_since(start: dict[str, int]) -> list[dict]:
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": settings.KAFKA_BOOTSTRAP, "group.id": "e2e-reader",
-                         "enable.auto.commit": False})  # fmt: skip
+    consumer = Consumer(kafka_config({"group.id": "e2e-reader", "enable.auto.commit": False}))
     high = high_watermarks(DEADLETTER_TOPIC).get(DEADLETTER_TOPIC, {})
     consumer.assign([TopicPartition(DEADLETTER_TOPIC, int(p), start.get(p, 0)) for p in high])
     want = sum(h - start.get(p, 0) for p, h in high.items())
@@ -188,14 +185,12 @@ def cassandra_latest(
 
 def assert_dashboard_shows_cassandra(corrected_value: float) -> None:
     """The dashboard API (Elasticsearch aggregations) returns the figures Cassandra holds, the correction included."""
-    from cassandra.cluster import Cluster
-    from elasticsearch import Elasticsearch
     from fastapi.testclient import TestClient
 
     from covidflow.show.api import create_app
 
-    es = Elasticsearch(settings.ELASTICSEARCH_URL)
-    cluster = Cluster([settings.CASSANDRA_HOST], port=settings.CASSANDRA_PORT)
+    es = clients.elasticsearch(cached=False)
+    cluster = cassandra_cluster(cassandra_endpoint())
     sess = cluster.connect("covidflow")  # one session for every lookup below
     try:
         es.indices.refresh(index="covid-observations")
@@ -356,8 +351,8 @@ def test_an_aborted_ingest_transaction_never_reaches_the_stores() -> None:
     committed = expected_records([(spec.id, spec.sample_path)], committed_v)
     assert len(aborted) == len(committed) > 900
 
-    producer = Producer({"bootstrap.servers": settings.KAFKA_BOOTSTRAP, "enable.idempotence": True,
-                         "transactional.id": f"it-e2e-aborted-{base.timestamp():.0f}"})  # fmt: skip
+    producer = Producer(kafka_config({"enable.idempotence": True,
+                                      "transactional.id": f"it-e2e-aborted-{base.timestamp():.0f}"}))  # fmt: skip
     producer.init_transactions(30)
     producer.begin_transaction()
     publish_file(producer, spec, spec.sample_path, vintage=aborted_v)  # flushed: in the log, not committed

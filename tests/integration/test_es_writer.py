@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
+from covidflow import clients
 from covidflow.catalog.schema import arrow_schema
 from covidflow.catalog.specs import find_spec
 from covidflow.index.es_template import generate_template
 from covidflow.index.es_writer import EsWriter
 from covidflow.normalise.preview import run_file
-from covidflow.settings import ELASTICSEARCH_URL
 
 pytestmark = pytest.mark.integration
 
@@ -23,9 +23,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def alias() -> Iterator[tuple[Any, str]]:
     """A write alias over a first index built from the project's template; all its indices deleted afterwards."""
-    from elasticsearch import Elasticsearch
 
-    es = Elasticsearch(ELASTICSEARCH_URL, request_timeout=60)
+    es = clients.elasticsearch(cached=False, request_timeout=60)
     name = f"cf-it-writer-{uuid.uuid4().hex[:8]}"
     tpl = generate_template()["template"]
     es.indices.create(index=f"{name}-000001", settings=tpl["settings"], mappings=tpl["mappings"],

@@ -29,6 +29,7 @@ from confluent_kafka.admin import AdminClient
 
 import covidflow
 from covidflow import settings
+from covidflow.clients import kafka_config
 from covidflow.publish.config import CONFIG_DIR, topics_config
 from covidflow.publish.envelope import DEADLETTER_TOPIC, RAW_TOPIC
 from covidflow.publish.topics import ensure_topics, read_to_end
@@ -67,7 +68,7 @@ print("RESULT " + json.dumps({"state": str(dr.state), "run_id": dr.run_id, "asse
 
 @pytest.fixture(scope="module")
 def kafka_topics() -> None:
-    admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP, "log_level": 0})
+    admin = AdminClient(kafka_config({"log_level": 0}))
     try:
         admin.list_topics(timeout=10)
     except KafkaException as exc:
@@ -102,7 +103,7 @@ def _result(output: str) -> dict[str, Any]:
 
 
 def end_offsets(topic: str) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": settings.KAFKA_BOOTSTRAP, "group.id": "it-ingest-offsets"})
+    consumer = Consumer(kafka_config({"group.id": "it-ingest-offsets"}))
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
         return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions}
@@ -295,9 +296,9 @@ def test_kafka_killed_inside_a_transaction_commits_nothing_and_the_retry_publish
     runner = Runner([KafkaService()])
 
     def producer() -> Any:
-        return Producer({"bootstrap.servers": settings.KAFKA_BOOTSTRAP, "transactional.id": txn_id,
-                         "enable.idempotence": True, "acks": "all", "linger.ms": 5, "message.timeout.ms": 8000,
-                         "transaction.timeout.ms": 60000})  # fmt: skip
+        return Producer(kafka_config({"transactional.id": txn_id, "enable.idempotence": True, "acks": "all",
+                                      "linger.ms": 5, "message.timeout.ms": 8000,
+                                      "transaction.timeout.ms": 60000}))  # fmt: skip
 
     def publish(records: Any, attempt: Any) -> Any:
         attempt.init_transactions(30)

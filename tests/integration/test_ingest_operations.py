@@ -27,6 +27,7 @@ from test_ingest import end_offsets  # one helper for the raw topic's end offset
 import covidflow
 from covidflow import settings
 from covidflow.catalog.specs import find_spec
+from covidflow.clients import kafka_config
 from covidflow.land.manifest import S3Manifest
 from covidflow.land.objects import LandedObject
 from covidflow.publish.envelope import DEADLETTER_TOPIC, RAW_TOPIC, DeadLetter, ObjectRef
@@ -234,7 +235,7 @@ def letters(s3: Any, bucket: str) -> Iterator[tuple[str, str, list[int]]]:
     lines = list(csv.reader(io.StringIO(SAMPLE.decode("utf-8-sig"))))
     header = lines[0]
     token = f"it-t{uuid.uuid4().hex[:8]}"  # never all digits: the grouping folds numbers to N
-    producer = Producer({"bootstrap.servers": settings.KAFKA_BOOTSTRAP})
+    producer = Producer(kafka_config())
     rows = [3, 7, 11, 19, 23]
     for row in rows:
         fields = dict(zip(header, lines[row], strict=True))

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from test_dashboard_api import sample_documents
 
-from covidflow import PROJECT_ROOT
+from covidflow import PROJECT_ROOT, clients
 from covidflow.index.es_template import generate_template
 from covidflow.show import kibana
 from covidflow.show.es_queries import variant_family
@@ -47,9 +47,8 @@ EDGE_VARIANTS = ("BF.7", "BF.7.4.1", "BF.70", "BA.5.2.1.7", "BA.5.2.1", "BQ.1.1"
 
 
 def es_client() -> Any:
-    from elasticsearch import Elasticsearch
 
-    return Elasticsearch(ES_URL, request_timeout=120)
+    return clients.elasticsearch(cached=False, request_timeout=120)
 
 
 def has_module(client: Any, name: str) -> bool:

@@ -24,7 +24,8 @@ os.environ.setdefault("AIRFLOW_HOME", os.path.join(tempfile.gettempdir(), "covid
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(covidflow.PROJECT_ROOT / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
-from covidflow import settings
+from covidflow import clients, settings
+from covidflow.clients import cassandra_cluster, cassandra_endpoint
 from covidflow.stack.connections import airflow_conn_env
 from covidflow.stack.home import StackHome
 
@@ -80,11 +81,10 @@ def run_dag(dag_id: str, conf: dict[str, Any]) -> tuple[str, dict[str, str], Any
 
 @pytest.fixture(scope="module")
 def cassandra():
-    from cassandra.cluster import Cluster
 
     from covidflow.store.cassandra_schema import generate_cql, statements
 
-    cluster = Cluster([settings.CASSANDRA_HOST], port=settings.CASSANDRA_PORT, connect_timeout=10)
+    cluster = cassandra_cluster(cassandra_endpoint(), connect_timeout=10)
     try:
         session = cluster.connect()
     except Exception as exc:  # any driver error means the stack is not up
@@ -169,9 +169,8 @@ PREFIX = f"mt-{RUN}"
 
 @pytest.fixture(scope="module")
 def es():
-    from elasticsearch import Elasticsearch
 
-    client = Elasticsearch(settings.ELASTICSEARCH_URL, request_timeout=60)
+    client = clients.elasticsearch(cached=False, request_timeout=60)
     try:
         client.cluster.health(wait_for_status="yellow", timeout="10s")
     except Exception as exc:  # any transport error means the stack is not up

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 import yaml
-from cassandra.cluster import Cluster
 from elasticsearch import Elasticsearch
 
 import covidflow
-from covidflow import settings
+from covidflow import clients, settings
+from covidflow.clients import cassandra_cluster, cassandra_endpoint
 from covidflow.land.manifest import S3Manifest
 from covidflow.land.objects import LandedObject
 from covidflow.publish.config import CONFIG_DIR
@@ -56,7 +56,7 @@ print("RESULT " + json.dumps({"state": str(dr.state), "run_id": dr.run_id, "tis"
 @pytest.fixture(scope="module")
 def cassandra() -> Iterator[Any]:
     try:
-        cluster = Cluster([settings.CASSANDRA_HOST], port=settings.CASSANDRA_PORT, connect_timeout=10)
+        cluster = cassandra_cluster(cassandra_endpoint(), connect_timeout=10)
         session = cluster.connect()
     except Exception as exc:
         pytest.fail(f"Cassandra is not reachable at {settings.CASSANDRA_HOST} ({exc}); run `covidflow stack up`")
@@ -69,7 +69,7 @@ def cassandra() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def es() -> Iterator[Elasticsearch]:
-    client = Elasticsearch(settings.ELASTICSEARCH_URL, request_timeout=30, max_retries=0)
+    client = clients.elasticsearch(cached=False, request_timeout=30, max_retries=0)
     try:
         client.cluster.health(timeout="10s")
     except Exception as exc:

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
-from cassandra.policies import WhiteListRoundRobinPolicy
+from cassandra.cluster import NoHostAvailable, Session
 
+from covidflow import clients
 from covidflow.settings import CASSANDRA_HOST, CASSANDRA_PORT
 
 pytestmark = pytest.mark.integration
@@ -21,19 +21,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def session() -> Iterator[Session]:
-    cluster = Cluster(
-        [CASSANDRA_HOST],
-        port=CASSANDRA_PORT,
-        connect_timeout=5,
-        # Schema changes on 2 cores can take a few seconds: a generous request timeout.
-        execution_profiles={
-            EXEC_PROFILE_DEFAULT: ExecutionProfile(
-                load_balancing_policy=WhiteListRoundRobinPolicy([CASSANDRA_HOST]), request_timeout=30
-            )
-        },
-    )
+    cluster = clients.cassandra_cluster(clients.cassandra_endpoint(), connect_timeout=5)
     try:
         sess = cluster.connect()
+        sess.default_timeout = 30  # schema changes on 2 cores can take a few seconds
     except NoHostAvailable as exc:
         cluster.shutdown()
         error = exc
@@ -106,3 +97,25 @@ def test_virtual_tables_answer(session: Session) -> None:
 
     num_tokens = session.execute("SELECT value FROM system_views.settings WHERE name = 'num_tokens'").one()
     assert num_tokens.value == "4"  # the value our generated cassandra.yaml sets
+
+
+def test_only_the_covidflow_role_logs_in(session: Session) -> None:
+    """PasswordAuthenticator: no login without credentials, none as the default superuser, which is disabled."""
+    from cassandra.auth import PlainTextAuthProvider
+    from cassandra.cluster import Cluster
+
+    from covidflow.stack.services.cassandra import DEFAULT_ROLE
+
+    mine = {r.username for r in session.execute("SELECT username FROM system_views.clients")}
+    assert mine == {"covidflow"}
+    roles = {r.role: (r.can_login, r.is_superuser) for r in session.execute("SELECT * FROM system_auth.roles")}
+    assert roles[DEFAULT_ROLE] == (False, False)
+    assert roles["covidflow"] == (True, True)
+    for auth in (None, PlainTextAuthProvider(DEFAULT_ROLE, DEFAULT_ROLE)):
+        # Built by hand on purpose: a client the node must refuse (test_clients.py allows this file).
+        stranger = Cluster([CASSANDRA_HOST], port=CASSANDRA_PORT, auth_provider=auth, connect_timeout=5)
+        try:
+            with pytest.raises(NoHostAvailable, match=r"AuthenticationFailed|Bad credentials|requires authentication"):
+                stranger.connect()
+        finally:
+            stranger.shutdown()

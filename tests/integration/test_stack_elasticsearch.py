@@ -14,6 +14,7 @@ import pytest
 from elasticsearch import ConnectionError as ESConnectionError
 from elasticsearch import Elasticsearch
 
+from covidflow import clients
 from covidflow.settings import ELASTICSEARCH_URL
 
 pytestmark = pytest.mark.integration
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def es() -> Iterator[Elasticsearch]:
-    client = Elasticsearch(ELASTICSEARCH_URL, request_timeout=30, max_retries=0)
+    client = clients.elasticsearch(cached=False, request_timeout=30, max_retries=0)
     try:
         client.cluster.health(timeout="5s")
     except ESConnectionError as exc:
@@ -129,3 +130,26 @@ def test_composable_index_template_applies(es: Elasticsearch, prefix: str) -> No
     assert es.indices.get_settings(index=index)[index]["settings"]["index"]["number_of_replicas"] == "0"
     stored = es.indices.get_index_template(name=template)["index_templates"][0]
     assert stored["index_template"]["index_patterns"] == [f"{prefix}-daily-*"]
+
+
+def test_security_is_on_every_request_needs_the_login(es: Elasticsearch, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Security is on: no answer without the login or with a wrong password; the connection's login is a superuser."""
+    import json
+    import os
+    import urllib.error
+    import urllib.request
+
+    from elasticsearch import AuthenticationException
+
+    from covidflow import settings
+
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        urllib.request.urlopen(f"{ELASTICSEARCH_URL}/_cluster/health", timeout=10)
+    assert anonymous.value.code == 401
+    me = es.security.authenticate()
+    assert (me["username"], me["roles"], me["authentication_realm"]["type"]) == ("covidflow", ["superuser"], "file")
+    name = f"AIRFLOW_CONN_{settings.CONN_ELASTICSEARCH.upper()}"
+    conn = json.loads(os.environ[name])
+    monkeypatch.setenv(name, json.dumps({**conn, "password": conn["password"] + "-wrong"}))
+    with pytest.raises(AuthenticationException):
+        clients.elasticsearch(cached=False, max_retries=0).cluster.health()

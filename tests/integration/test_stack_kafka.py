@@ -13,6 +13,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from covidflow import settings
+from covidflow.clients import kafka_config
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +22,7 @@ BOOTSTRAP = settings.KAFKA_BOOTSTRAP
 
 @pytest.fixture(scope="module")
 def admin() -> AdminClient:
-    client = AdminClient({"bootstrap.servers": BOOTSTRAP, "log_level": 0})
+    client = AdminClient(kafka_config({"log_level": 0}))
     try:
         client.list_topics(timeout=5)
     except KafkaException as exc:
@@ -54,7 +55,7 @@ def test_create_produce_consume_delete(admin: AdminClient) -> None:
         assert len(metadata.topics[topic].partitions) == 1
 
         delivered: list = []
-        producer = Producer({"bootstrap.servers": BOOTSTRAP, "acks": "all", "enable.idempotence": True})
+        producer = Producer(kafka_config({"acks": "all", "enable.idempotence": True}))
         producer.produce(
             topic,
             key=b"DEU",
@@ -69,12 +70,13 @@ def test_create_produce_consume_delete(admin: AdminClient) -> None:
         assert (msg.partition(), msg.offset()) == (0, 0)
 
         consumer = Consumer(
-            {
-                "bootstrap.servers": BOOTSTRAP,
-                "group.id": f"it-group-{uuid.uuid4().hex[:8]}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            }
+            kafka_config(
+                {
+                    "group.id": f"it-group-{uuid.uuid4().hex[:8]}",
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                }
+            )
         )
         try:
             consumer.subscribe([topic])
@@ -98,3 +100,17 @@ def test_create_produce_consume_delete(admin: AdminClient) -> None:
     finally:
         admin.delete_topics([topic], operation_timeout=10)[topic].result(timeout=15)
     _wait_for(lambda: topic not in admin.list_topics(timeout=5).topics, what=f"topic {topic} to be deleted")
+
+
+@pytest.mark.parametrize("login", ["none", "wrong password"])
+def test_the_broker_refuses_clients_without_the_sasl_login(admin: AdminClient, login: str) -> None:
+    """The client listener is SASL/PLAIN: no metadata without credentials, nor with a wrong password."""
+    config = kafka_config({"log_level": 0, "socket.timeout.ms": 3000, "socket.connection.setup.timeout.ms": 3000})
+    if login == "none":
+        for key in ("security.protocol", "sasl.mechanism", "sasl.username", "sasl.password"):
+            config.pop(key)
+    else:
+        config["sasl.password"] += "-wrong"
+    with pytest.raises(KafkaException):
+        AdminClient(config).list_topics(timeout=5)
+    assert admin.list_topics(timeout=5).brokers  # the right login still works

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from covidflow import settings
+from covidflow.clients import kafka_config
 from covidflow.stack.home import StackHome
 from covidflow.stack.service import port_open
 from covidflow.stack.services.spark import kafka_connector_jars, master_status, spark_env, spark_home
@@ -45,11 +46,13 @@ KAFKA_READ_JOB = """
 import sys
 from pyspark.sql import SparkSession
 
-bootstrap, topic = sys.argv[1], sys.argv[2]
+from covidflow.clients import kafka_spark_options  # the SASL login, from the connection in the driver's environment
+
+topic = sys.argv[1]
 spark = SparkSession.builder.appName("covidflow-test-kafka-read").getOrCreate()
 rows = (
     spark.read.format("kafka")
-    .option("kafka.bootstrap.servers", bootstrap)
+    .options(**kafka_spark_options())
     .option("subscribe", topic)
     .option("startingOffsets", "earliest")
     .load()
@@ -88,10 +91,10 @@ def submit(tmp_path: Path, source: str, *args: str, jars: list[Path] | None = No
     return results[0].removeprefix("RESULT ")
 
 
-def test_master_is_alive_with_one_worker(spark_up: dict) -> None:
+def test_master_is_alive_with_two_workers(spark_up: dict) -> None:
     assert spark_up["url"] == settings.SPARK_MASTER
     assert spark_up["status"] == "ALIVE"
-    assert spark_up["aliveworkers"] == 1
+    assert spark_up["aliveworkers"] == 2
     assert spark_up["cores"] == 2
     assert spark_up["memory"] == 2048
 
@@ -129,15 +132,15 @@ def test_kafka_batch_read_returns_what_was_produced(spark_up: dict, tmp_path: Pa
     host, _, port = settings.KAFKA_BOOTSTRAP.partition(":")
     if not port_open(int(port), host):
         pytest.fail(f"Kafka does not answer at {settings.KAFKA_BOOTSTRAP}; run `covidflow stack up kafka`")
-    admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP})
+    admin = AdminClient(kafka_config())
     topic = f"covidflow-test-spark-{uuid.uuid4().hex[:8]}"
     admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(timeout=30)
     try:
-        producer = Producer({"bootstrap.servers": settings.KAFKA_BOOTSTRAP})
+        producer = Producer(kafka_config())
         for key, value in (("a", "1"), ("b", "2"), ("c", "3")):
             producer.produce(topic, key=key, value=value)
         assert producer.flush(30) == 0
-        result = submit(tmp_path, KAFKA_READ_JOB, settings.KAFKA_BOOTSTRAP, topic, jars=kafka_connector_jars())
+        result = submit(tmp_path, KAFKA_READ_JOB, topic, jars=kafka_connector_jars())
         assert result == "a=1,b=2,c=3"
     finally:
         admin.delete_topics([topic])[topic].result(timeout=30)

@@ -23,6 +23,7 @@ from test_e2e import _producer, _require_services, cassandra_by_vintage, es_by_v
 
 from covidflow import settings
 from covidflow.catalog.specs import find_spec
+from covidflow.clients import kafka_config
 from covidflow.normalise.replay import publish_file
 from covidflow.normalise.supervise import build_bundle, fetch_master_status, spark_submit_command
 from covidflow.stack.home import StackHome
@@ -124,7 +125,7 @@ def test_stream_stalls_during_store_outage_and_catches_up(tmp_path: Path, store:
 
     private = {raw_topic: {"partitions": 2, "replication_factor": 1},
                env["COVIDFLOW_STREAM_DEADLETTER_TOPIC"]: {"partitions": 2, "replication_factor": 1}}  # fmt: skip
-    ensure_topics(AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP}), private)  # the job never creates them
+    ensure_topics(AdminClient(kafka_config()), private)  # the job never creates them
     master = settings.SPARK_MASTER if fetch_master_status() else "local[2]"
     job_args = ["--app-name", "covidflow-normalise-outage"]
     cmd = spark_submit_command(master, job_args, bundle=build_bundle(tmp_path / "b.zip"), jars=kafka_connector_jars())
@@ -177,6 +178,4 @@ def test_stream_stalls_during_store_outage_and_catches_up(tmp_path: Path, store:
         es.down()
         from confluent_kafka.admin import AdminClient
 
-        AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP}).delete_topics(
-            [raw_topic, env["COVIDFLOW_STREAM_DEADLETTER_TOPIC"]]
-        )
+        AdminClient(kafka_config()).delete_topics([raw_topic, env["COVIDFLOW_STREAM_DEADLETTER_TOPIC"]])

@@ -13,6 +13,7 @@ import pytest
 from test_e2e import _require_services
 
 from covidflow import settings
+from covidflow.clients import kafka_config
 from covidflow.normalise.supervise import build_bundle, fetch_master_status, spark_submit_command
 from covidflow.stack.home import StackHome
 from covidflow.stack.services.spark import kafka_connector_jars, spark_env
@@ -41,6 +42,6 @@ def test_the_stream_refuses_to_start_on_missing_topics_and_creates_none(tmp_path
     assert proc.returncode != 0, output[-3000:]
     assert f"Kafka topic(s) {raw}, {dead} do not exist on {settings.KAFKA_BOOTSTRAP}" in output, output[-3000:]
     assert "Run the covidflow_kafka_topics DAG" in output
-    topics = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP}).list_topics(timeout=30).topics
+    topics = AdminClient(kafka_config()).list_topics(timeout=30).topics
     assert raw not in topics and dead not in topics, "the job created a topic"
     assert not (tmp_path / "heartbeat.json").exists(), "the job started a query before checking its topics"

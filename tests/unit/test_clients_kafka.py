@@ -41,17 +41,29 @@ def test_without_connection_the_config_is_todays_plain_bootstrap() -> None:
     assert clients.executor_env_conf() == {}
 
 
-def test_the_local_stacks_connection_gives_exactly_todays_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The stack's own connection (covidflow.stack.connections): no credentials, so nothing but the address."""
+def test_the_local_stacks_connection_logs_in_with_sasl_plain(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """The stack's own connection (covidflow.stack.connections): SASL/PLAIN as covidflow, and the executors get it."""
     from covidflow.stack.connections import connections
+    from covidflow.stack.credentials import local_secret
     from covidflow.stack.home import StackHome
 
-    conn = connections(StackHome.from_env())[settings.CONN_KAFKA]
+    home = StackHome(tmp_path)
+    conn = connections(home)[settings.CONN_KAFKA]
     monkeypatch.setenv(KAFKA_ENV, json.dumps(conn))
     overrides = {"enable.idempotence": True, "acks": "all", "linger.ms": 20}
-    assert clients.kafka_config(overrides) == {"bootstrap.servers": settings.KAFKA_BOOTSTRAP, **overrides}
-    assert clients.kafka_spark_options() == {"kafka.bootstrap.servers": settings.KAFKA_BOOTSTRAP}
-    assert clients.executor_env_conf() == {}  # executors keep using settings, as before
+    password = local_secret(home, "kafka_client_password")
+    assert clients.kafka_config(overrides) == {
+        "bootstrap.servers": settings.KAFKA_BOOTSTRAP, "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
+        "sasl.username": "covidflow", "sasl.password": password, **overrides,
+    }  # fmt: skip
+    assert clients.kafka_spark_options() == {
+        "kafka.bootstrap.servers": settings.KAFKA_BOOTSTRAP, "kafka.security.protocol": "SASL_PLAINTEXT",
+        "kafka.sasl.mechanism": "PLAIN",
+        "kafka.sasl.jaas.config": "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                                  f'username="covidflow" password="{password}";',
+    }  # fmt: skip
+    assert clients.executor_env_conf() == {f"spark.executorEnv.{clients.executor_env_name(settings.CONN_KAFKA)}":
+                                           json.dumps(conn)}  # fmt: skip
 
 
 def test_sasl_settings_come_from_the_connection_extra(monkeypatch: pytest.MonkeyPatch, caplog, capsys) -> None:
@@ -179,53 +191,11 @@ def test_an_executor_reads_the_forwarded_connection_without_airflow() -> None:
 
 
 def test_no_other_module_builds_a_kafka_config_by_hand(code_lines_matching) -> None:
-    """Every Producer, Consumer and AdminClient config comes from kafka_config (the stack's probe of the broker it
-    launched, and the connection it defines, are the exceptions)."""
+    """Every Producer, Consumer and AdminClient config comes from kafka_config (the connections the stack and a test
+    of a dead broker define are the exceptions: connections, not client configs)."""
     import re
 
     pattern = re.compile(r"""["']bootstrap\.servers["']\s*:|\b(Producer|Consumer|AdminClient)\(\s*\{""")
-    allowed = {"covidflow/clients.py", "covidflow/stack/services/kafka.py", "covidflow/stack/connections.py"}
+    allowed = {"covidflow/clients.py", "covidflow/stack/connections.py", "tests/integration/test_ops.py",
+               "tests/integration/test_kafka_jaas.py"}  # fmt: skip
     assert code_lines_matching(pattern, allowed) == []
-
-
-JAAS_PARSER = """
-import java.util.Map;
-import javax.security.auth.login.AppConfigurationEntry;
-import org.apache.kafka.common.config.types.Password;
-import org.apache.kafka.common.security.JaasContext;
-
-public class Jaas {
-    public static void main(String[] args) throws Exception {
-        String line = new String(System.in.readAllBytes(), java.nio.charset.StandardCharsets.UTF_8);
-        JaasContext context = JaasContext.loadClientContext(Map.of("sasl.jaas.config", new Password(line)));
-        AppConfigurationEntry entry = context.configurationEntries().get(0);
-        System.out.println(entry.getLoginModuleName());
-        System.out.println(entry.getOptions().get("username"));
-        System.out.println(entry.getOptions().get("password"));
-    }
-}
-"""
-
-
-def test_the_jvm_kafka_client_reads_back_exactly_the_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    """The JAAS line goes through the Kafka client's own parser (the jars the job is submitted with), with a password
-    full of quotes, backslashes, a semicolon and an equals sign; the line reaches the JVM on stdin, not as an
-    argument. Needs the connector classpath cached by ``covidflow stack up spark`` (no download here)."""
-    from covidflow.stack.home import StackHome
-    from covidflow.stack.service import java_home
-    from covidflow.stack.services.spark import kafka_connector_jars, spark_home, spark_version
-
-    home = StackHome.from_env()
-    if not (home.cache / "maven" / f"spark-sql-kafka-{spark_version()}" / "manifest.json").exists():
-        pytest.skip("the Kafka connector jars are not cached yet (covidflow stack up spark fetches them)")
-    classpath = [*map(str, kafka_connector_jars(home)), str(spark_home() / "jars" / "*")]  # slf4j from Spark's jars
-    secret = 'p"a\\ss; w=rd \\" end'
-    monkeypatch.setenv(KAFKA_ENV, json.dumps({"conn_type": "kafka", "extra": _sasl_extra(**{"sasl.password": secret})}))
-    source = tmp_path / "Jaas.java"
-    source.write_text(JAAS_PARSER, encoding="utf-8")
-    jaas = clients.kafka_spark_options()["kafka.sasl.jaas.config"]
-    java = str(java_home(17) / "bin" / "java")
-    out = subprocess.run([java, "-cp", ":".join(classpath), str(source)], input=jaas, capture_output=True,
-                         text=True, timeout=120)  # fmt: skip
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.splitlines() == ["org.apache.kafka.common.security.scram.ScramLoginModule", "covidflow", secret]

@@ -68,12 +68,20 @@ def test_other_services_follow_settings(home: StackHome) -> None:
     conns = connections(home)
     assert conns[settings.CONN_KAFKA] == {
         "conn_type": "kafka",
-        "extra": {"bootstrap.servers": settings.KAFKA_BOOTSTRAP},
+        "extra": {
+            "bootstrap.servers": settings.KAFKA_BOOTSTRAP,
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "PLAIN",
+            "sasl.username": "covidflow",
+            "sasl.password": local_secret(home, "kafka_client_password"),
+        },
     }
     assert conns[settings.CONN_CASSANDRA] == {
         "conn_type": "cassandra",
         "host": settings.CASSANDRA_HOST,
         "port": settings.CASSANDRA_PORT,
+        "login": "covidflow",
+        "password": local_secret(home, "cassandra_password"),
     }
     assert conns[settings.CONN_ELASTICSEARCH]["conn_type"] == "elasticsearch"
     assert conns[settings.CONN_SPARK]["conn_type"] == "spark"
@@ -88,6 +96,8 @@ def test_urls_are_split_into_host_port_schema(home: StackHome, monkeypatch: pyte
         "host": "es.example.org",
         "port": 9243,
         "schema": "https",
+        "login": "covidflow",
+        "password": local_secret(home, "elasticsearch_password"),
     }
     assert conns[settings.CONN_SPARK] == {
         "conn_type": "spark",
@@ -143,7 +153,35 @@ def test_kafka_and_cassandra_hooks_read_their_connection(conn_env: dict[str, str
     from airflow.providers.apache.cassandra.hooks.cassandra import CassandraHook
     from airflow.providers.apache.kafka.hooks.client import KafkaAdminClientHook
 
+    from covidflow import clients
+
     kafka = KafkaAdminClientHook(kafka_config_id=settings.CONN_KAFKA)
-    assert kafka.get_connection(settings.CONN_KAFKA).extra_dejson == {"bootstrap.servers": settings.KAFKA_BOOTSTRAP}
+    extra = kafka.get_connection(settings.CONN_KAFKA).extra_dejson
+    # The provider's hooks read the extra only; covidflow's factory builds the same login from it.
+    assert {k: extra[k] for k in ("security.protocol", "sasl.mechanism", "sasl.username")} == {
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": "PLAIN",
+        "sasl.username": "covidflow",
+    }
+    assert dict(clients.kafka_config()) == extra
     cluster = CassandraHook(cassandra_conn_id=settings.CONN_CASSANDRA).cluster  # built, not connected
     assert (cluster.contact_points, cluster.port) == ([settings.CASSANDRA_HOST], settings.CASSANDRA_PORT)
+    assert cluster.auth_provider.username == "covidflow"
+    ours = clients.cassandra_cluster(clients.cassandra_endpoint())
+    assert (ours.auth_provider.username, ours.auth_provider.password) == (
+        cluster.auth_provider.username,
+        cluster.auth_provider.password,
+    )
+
+
+def test_use_stack_connections_fills_only_what_the_environment_lacks(
+    home: StackHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from covidflow.stack.connections import use_stack_connections
+
+    for name in airflow_conn_env(home):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AIRFLOW_CONN_COVIDFLOW_KAFKA", '{"conn_type": "kafka", "extra": {"bootstrap.servers": "k:1"}}')
+    use_stack_connections(home)
+    assert os.environ["AIRFLOW_CONN_COVIDFLOW_KAFKA"] == '{"conn_type": "kafka", "extra": {"bootstrap.servers": "k:1"}}'
+    assert os.environ["AIRFLOW_CONN_COVIDFLOW_CASSANDRA"] == airflow_conn_env(home)["AIRFLOW_CONN_COVIDFLOW_CASSANDRA"]

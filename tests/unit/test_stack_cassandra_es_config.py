@@ -16,7 +16,7 @@ def test_cassandra_yaml_is_single_node_on_loopback(tmp_path: Path) -> None:
     assert conf["listen_address"] == conf["rpc_address"] == "127.0.0.1"
     assert conf["seed_provider"][0]["parameters"][0]["seeds"] == "127.0.0.1:7000"
     assert conf["native_transport_port"] == 9042
-    assert conf["authenticator"] == "AllowAllAuthenticator"
+    assert (conf["authenticator"], conf["authorizer"]) == ("PasswordAuthenticator", "CassandraAuthorizer")
     assert conf["data_file_directories"] == [f"{tmp_path}/data"]
     assert {conf["commitlog_directory"], conf["hints_directory"], conf["saved_caches_directory"]} == {
         f"{tmp_path}/commitlog",
@@ -42,12 +42,14 @@ def test_argfile_quoting() -> None:
     assert _quote('a "b" c\\d') == '"a \\"b\\" c\\\\d"'
 
 
-def test_elasticsearch_yml_is_single_node_without_security(tmp_path: Path) -> None:
+def test_elasticsearch_yml_is_single_node_with_security(tmp_path: Path) -> None:
     conf = yaml.safe_load(elasticsearch_yml(tmp_path, 9200))
     assert conf["discovery.type"] == "single-node"
     assert conf["network.host"] == "127.0.0.1"
     assert (conf["http.port"], conf["transport.port"]) == (9200, 9300)
-    assert conf["xpack.security.enabled"] is False
+    assert conf["xpack.security.enabled"] is True
+    # TLS off on both layers: Elasticsearch allows it for a single node, which listens on loopback only.
+    assert conf["xpack.security.http.ssl.enabled"] is conf["xpack.security.transport.ssl.enabled"] is False
     assert conf["cluster.routing.allocation.disk.threshold_enabled"] is False
     assert conf["path.data"] == str(tmp_path / "data")
 
@@ -57,3 +59,20 @@ def test_elasticsearch_process_points_at_our_config(tmp_path: Path) -> None:
     (proc,) = ElasticsearchService().processes(home)
     assert proc.env["ES_PATH_CONF"] == str(tmp_path / "conf" / "elasticsearch")
     assert proc.argv[0].endswith("/bin/elasticsearch")
+
+
+def test_the_file_realm_holds_covidflow_as_superuser_with_a_pbkdf2_hash() -> None:
+    import base64
+    import hashlib
+
+    from covidflow.stack.services.elasticsearch import users_files
+
+    files = users_files("pa$$:word")
+    assert files["users_roles"] == "superuser:covidflow\n"
+    user, hashed = files["users"].rstrip("\n").split(":", 1)
+    prefix, salt, key = hashed.split("$")
+    assert (user, prefix) == ("covidflow", "{PBKDF2}10000")
+    # What Elasticsearch's PBKDF2 hasher checks (checked once against the 8.19 jar's Hasher.verifyHash).
+    expected = hashlib.pbkdf2_hmac("sha512", b"pa$$:word", base64.b64decode(salt), 10_000, 32)
+    assert base64.b64decode(key) == expected and len(base64.b64decode(salt)) == 32
+    assert users_files("pa$$:word")["users"] != files["users"]  # a new salt each time

@@ -16,8 +16,10 @@ def test_eval_in_bash_gives_back_every_value_and_defines_the_kafka_tools(tmp_pat
     lines = done.stdout.splitlines()
     assert lines[0] == env["AIRFLOW_CONN_X"]
     assert lines[1] == "kafka-topics is a function"
-    for command, (main, _) in KAFKA_TOOLS.items():
+    for command, (main, _, config) in KAFKA_TOOLS.items():
         assert f"{command}() {{" in script and main in script
+        assert f'{config} "$COVIDFLOW_KAFKA_CLIENT_CONFIG"' in script
+    assert 'cqlsh() { command cqlsh --cqlshrc "$COVIDFLOW_CQLSHRC" "$@"; }' in script
 
 
 def test_the_env_points_at_the_stack_of_this_home(tmp_path: Path) -> None:
@@ -28,3 +30,26 @@ def test_the_env_points_at_the_stack_of_this_home(tmp_path: Path) -> None:
     assert env["PATH"].split(":")[0] == str(tmp_path / "cache" / "tools" / "cqlsh" / "bin")
     assert (env["CQLSH_HOST"], env["CQLSH_PORT"]) == ("127.0.0.1", "9042")
     assert str(tmp_path / "cache" / "maven" / "kafka-tools-4.3.1") in env["COVIDFLOW_KAFKA_CLASSPATH"]
+
+
+def test_the_tools_log_in_with_the_stack_secrets_from_private_files(tmp_path: Path) -> None:
+    import stat
+
+    from covidflow.stack.credentials import local_secret
+
+    home = StackHome(tmp_path)
+    env = oncall_env(home)
+    cqlshrc, kafka = Path(env["COVIDFLOW_CQLSHRC"]), Path(env["COVIDFLOW_KAFKA_CLIENT_CONFIG"])
+    assert cqlshrc.read_text() == (
+        f"[authentication]\nusername = covidflow\npassword = {local_secret(home, 'cassandra_password')}\n"
+    )
+    password = local_secret(home, "kafka_client_password")
+    assert kafka.read_text().splitlines() == [
+        "sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="covidflow" password="{password}";',
+        "sasl.mechanism=PLAIN",
+        "security.protocol=SASL_PLAINTEXT",
+    ]
+    for path in (cqlshrc, kafka):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert password not in shell_script(env).replace(env["AIRFLOW_CONN_COVIDFLOW_KAFKA"], "")

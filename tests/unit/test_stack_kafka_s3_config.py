@@ -18,11 +18,14 @@ def _parse(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
 
 
+USERS = {"broker": "b-secret", "covidflow": 'c"secret'}
+
+
 def test_kafka_properties_single_node_on_loopback(tmp_path: Path) -> None:
-    props = _parse(server_properties(tmp_path / "kafka", 9092, 9093))
+    props = _parse(server_properties(tmp_path / "kafka", USERS, 9092, 9093))
     assert props["process.roles"] == "broker,controller"
-    assert props["listeners"] == "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
-    assert props["advertised.listeners"].startswith("PLAINTEXT://127.0.0.1:9092")
+    assert props["listeners"] == "SASL_PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
+    assert props["advertised.listeners"].startswith("SASL_PLAINTEXT://127.0.0.1:9092")
     assert props["controller.quorum.bootstrap.servers"] == "127.0.0.1:9093"
     assert "controller.quorum.voters" not in props  # --standalone formats a dynamic quorum
     assert props["log.dirs"] == str(tmp_path / "kafka")
@@ -36,6 +39,37 @@ def test_kafka_properties_single_node_on_loopback(tmp_path: Path) -> None:
         "share.coordinator.state.topic.min.isr",
     ):
         assert props[key] == "1", key
+
+
+def test_kafka_clients_and_the_broker_itself_log_in_with_sasl_plain(tmp_path: Path) -> None:
+    props = _parse(server_properties(tmp_path / "kafka", USERS, 9092, 9093))
+    assert props["listener.security.protocol.map"] == "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT"
+    assert props["inter.broker.listener.name"] == "SASL_PLAINTEXT"
+    assert props["sasl.enabled.mechanisms"] == props["sasl.mechanism.inter.broker.protocol"] == "PLAIN"
+    assert props["listener.name.sasl_plaintext.plain.sasl.jaas.config"] == (
+        'org.apache.kafka.common.security.plain.PlainLoginModule required username="broker" password="b-secret" '
+        'user_broker="b-secret" user_covidflow="c\\"secret";'
+    )
+
+
+def test_kafka_users_are_the_connections(tmp_path: Path) -> None:
+    from covidflow.stack.connections import connections
+    from covidflow.stack.services.kafka import sasl_users
+
+    home = StackHome(tmp_path)
+    extra = connections(home)["covidflow_kafka"]["extra"]
+    assert sasl_users(home)[extra["sasl.username"]] == extra["sasl.password"]
+    assert list(sasl_users(home)) == ["broker", "covidflow"]
+    assert sasl_users(home)["broker"] != extra["sasl.password"]
+
+
+def test_kafka_properties_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    home = StackHome(tmp_path)
+    (home.data_dir("kafka") / "meta.properties").write_text("cluster.id=keep\n")
+    KafkaService().prepare(home)
+    path = home.conf_dir("kafka") / "server.properties"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert local_secret(home, "kafka_client_password") in path.read_text()
 
 
 def test_cluster_id_is_a_kafka_uuid() -> None:

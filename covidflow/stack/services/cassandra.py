@@ -8,14 +8,23 @@ out here, so the process is the same on every machine.
 from __future__ import annotations
 
 import logging
+import socket
+import struct
+import time
 from pathlib import Path
+from typing import Any
 
+from covidflow.clients import Endpoint, cassandra_cluster
 from covidflow.settings import CASSANDRA_PORT
+from covidflow.stack.connections import CASSANDRA_ROLE
+from covidflow.stack.credentials import local_secret
 from covidflow.stack.fetch import MavenCoord, maven_classpath
 from covidflow.stack.home import StackHome
-from covidflow.stack.service import HOST, ProcessSpec, Service, java_home, port_open
+from covidflow.stack.service import HOST, ProcessSpec, Service, java_home, port_open, quiet_loggers
 
 VERSION = "5.0.9"  # newest 5.0 patch on Maven Central; 5.0 is the first line that runs on Java 17
+#: The superuser a new node creates with PasswordAuthenticator (password = name); disabled after first boot.
+DEFAULT_ROLE = "cassandra"
 STORAGE_PORT = 7000
 JMX_PORT = 7199
 
@@ -76,8 +85,9 @@ rpc_address: {host}
 storage_port: {storage_port}
 native_transport_port: {port}
 start_native_transport: true
-authenticator: AllowAllAuthenticator
-authorizer: AllowAllAuthorizer
+authenticator: PasswordAuthenticator
+authorizer: CassandraAuthorizer
+role_manager: CassandraRoleManager
 data_file_directories:
   - {data}/data
 commitlog_directory: {data}/commitlog
@@ -161,6 +171,7 @@ class CassandraService(Service):
             f"-Dcom.sun.management.jmxremote.rmi.port={JMX_PORT}",  # else RMI takes a random port
             "-Dcassandra.skip_wait_for_gossip_to_settle=0",  # single node: nothing to wait for
             "-Dcassandra.ring_delay_ms=1000",  # first boot waits a ring delay (30 s) for peers before taking tokens
+            "-Dcassandra.superuser_setup_delay_ms=0",  # create the default role at once (first boot), not after 10 s
             "-cp",
             ":".join(map(str, classpath)),
             "org.apache.cassandra.service.CassandraDaemon",
@@ -176,48 +187,106 @@ class CassandraService(Service):
         return [ProcessSpec(name=self.name, argv=argv, cwd=home.data / self.name)]
 
     def is_healthy(self) -> bool:
-        return release_version() is not None
+        return native_transport_answers()
+
+    def after_start(self, home: StackHome) -> None:
+        ensure_role(home)
+
+
+def ensure_role(home: StackHome, timeout: float = 90.0) -> None:
+    """Log in as the ``covidflow`` role; on first boot create it, then disable the default superuser.
+
+    With ``PasswordAuthenticator`` a new node creates the well-known ``cassandra``/``cassandra`` superuser. It is used
+    once, to create covidflow's superuser role with the local secret; covidflow's role then takes the default one's
+    login and superuser status away (a role cannot demote itself). Idempotent: a later start logs in as covidflow.
+    """
+    password = local_secret(home, "cassandra_password")
+    with quiet_loggers("cassandra"):  # a refused login is expected on first boot
+        session = _login_or_create_role(password, time.monotonic() + timeout)
+    try:
+        query = "SELECT can_login, is_superuser FROM system_auth.roles WHERE role = %s"
+        default_role = session.execute(query, (DEFAULT_ROLE,)).one()
+        if default_role is not None and (default_role.can_login or default_role.is_superuser):
+            log.info("cassandra: disabling the default superuser %r (no login, no superuser)", DEFAULT_ROLE)
+            session.execute(f"ALTER ROLE {DEFAULT_ROLE} WITH SUPERUSER = false AND LOGIN = false")
+    finally:
+        session.cluster.shutdown()
+
+
+def _login_or_create_role(password: str, deadline: float) -> Any:
+    """A session as covidflow's role; on first boot the default superuser creates that role first."""
+    from cassandra import AuthenticationFailed
+    from cassandra.cluster import NoHostAvailable
+
+    while True:
+        try:
+            return _session(CASSANDRA_ROLE, password)
+        except NoHostAvailable as exc:
+            if not _auth_failed(exc, AuthenticationFailed):
+                raise
+        try:  # first boot: only the default role exists (created as soon as the node has joined its ring)
+            default = _session(DEFAULT_ROLE, DEFAULT_ROLE)
+        except NoHostAvailable as exc:
+            if not _auth_failed(exc, AuthenticationFailed) or time.monotonic() > deadline:
+                raise RuntimeError(f"cassandra: cannot log in as {CASSANDRA_ROLE!r} (local secret) nor as the default "
+                                   f"role on first boot: {exc}") from exc  # fmt: skip
+            time.sleep(2)
+            continue
+        try:
+            log.info("cassandra: creating role %s (superuser, login) on first boot", CASSANDRA_ROLE)
+            default.execute(
+                f"CREATE ROLE IF NOT EXISTS {CASSANDRA_ROLE} WITH SUPERUSER = true AND LOGIN = true AND PASSWORD = %s",
+                (password,),
+            )
+        finally:
+            default.cluster.shutdown()
+
+
+def _auth_failed(exc: Exception, auth_error: type) -> bool:
+    errors = getattr(exc, "errors", None) or {}
+    return any(isinstance(e, auth_error) or "Bad credentials" in str(e) for e in errors.values())
+
+
+def _session(role: str, password: str) -> Any:
+    """A short-lived session on the local node as ``role``; the caller shuts its cluster down."""
+    cluster = cassandra_cluster(Endpoint((HOST,), CASSANDRA_PORT, "cql", role, password, "local stack"),
+                                connect_timeout=5)  # fmt: skip
+    try:
+        return cluster.connect()
+    except Exception:
+        cluster.shutdown()
+        raise
+
+
+def native_transport_answers(host: str = HOST, port: int = CASSANDRA_PORT, timeout: float = 3.0) -> bool:
+    """True when the node speaks CQL on ``port``: an answer that asks for credentials counts. Never raises.
+
+    The health check cannot log in: on first boot the role it would use does not exist yet (``after_start`` makes
+    it). The CQL OPTIONS request needs no login and is what the driver sends first.
+    """
+    if not port_open(port, host):
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            # CQL v5 frame header is not needed for OPTIONS; v4 framing is accepted by every 4.0+ node.
+            sock.sendall(struct.pack(">BBhBI", 0x04, 0, 0, 0x05, 0))  # version 4 request, stream 0, OPTIONS, no body
+            header = _recv_exact(sock, 9)
+            return header[0] == 0x84 and header[4] == 0x06  # a version 4 response, SUPPORTED
+    except OSError:
+        return False
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise OSError("connection closed")
+        data += chunk
+    return data
 
 
 def _quote(arg: str) -> str:
     """One argument of a Java @argfile."""
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def release_version(host: str = HOST, port: int = CASSANDRA_PORT, timeout: float = 3.0) -> str | None:
-    """The server's release_version over CQL, or None when it does not answer; never raises."""
-    if not port_open(port, host):
-        return None  # skip the driver, which logs a traceback for every refused connection
-    try:
-        from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
-        from cassandra.policies import WhiteListRoundRobinPolicy
-    except ImportError:
-        return None
-    cluster = None
-    driver_log = logging.getLogger("cassandra")
-    level = driver_log.level
-    driver_log.setLevel(logging.CRITICAL)  # a node still starting is expected, not an error
-    try:
-        cluster = Cluster(
-            [host],
-            port=port,
-            connect_timeout=timeout,
-            control_connection_timeout=timeout,
-            execution_profiles={
-                EXEC_PROFILE_DEFAULT: ExecutionProfile(
-                    load_balancing_policy=WhiteListRoundRobinPolicy([host]), request_timeout=timeout
-                )
-            },
-        )
-        session = cluster.connect()
-        row = session.execute("SELECT release_version FROM system.local").one()
-        return row.release_version if row else None
-    except Exception:  # any driver error means "not healthy (yet)"
-        return None
-    finally:
-        if cluster is not None:
-            try:
-                cluster.shutdown()
-            except Exception:
-                log.debug("cassandra: cluster shutdown failed", exc_info=True)
-        driver_log.setLevel(level)

@@ -13,6 +13,9 @@ import uuid
 from pathlib import Path
 
 from covidflow import settings
+from covidflow.clients import jaas_quoted
+from covidflow.stack.connections import KAFKA_CLIENT_USER, KAFKA_SASL_MECHANISM, KAFKA_SECURITY_PROTOCOL
+from covidflow.stack.credentials import local_secret
 from covidflow.stack.fetch import MavenCoord, maven_classpath
 from covidflow.stack.home import StackHome
 from covidflow.stack.service import HOST, ProcessSpec, Service, java_home
@@ -35,22 +38,53 @@ COORDS = (
 
 CLASSPATH_NAME = f"kafka-{KAFKA_VERSION}"
 NODE_ID = 1
+#: The listener clients use; its protocol is the connection's (covidflow.stack.connections).
+CLIENT_LISTENER = "SASL_PLAINTEXT"
+PLAIN_LOGIN_MODULE = "org.apache.kafka.common.security.plain.PlainLoginModule"
+#: The broker's own SASL user (inter-broker traffic, which on one node is the broker talking to itself).
+BROKER_USER = "broker"
+
+
+def sasl_users(home: StackHome) -> dict[str, str]:
+    """SASL/PLAIN users of the local broker, name -> password: the broker's own first, then covidflow's client."""
+    return {
+        BROKER_USER: local_secret(home, "kafka_broker_password"),
+        KAFKA_CLIENT_USER: local_secret(home, "kafka_client_password"),
+    }
 
 
 def server_properties(
-    log_dir: Path, port: int = settings.KAFKA_PORT, controller_port: int = settings.KAFKA_CONTROLLER_PORT
+    log_dir: Path,
+    users: dict[str, str],
+    port: int = settings.KAFKA_PORT,
+    controller_port: int = settings.KAFKA_CONTROLLER_PORT,
 ) -> str:
-    """A single-node KRaft configuration: loopback listeners only, every replication factor and min ISR at 1."""
+    """A single-node KRaft configuration: loopback listeners only, every replication factor and min ISR at 1.
+
+    Clients and the broker itself authenticate with SASL/PLAIN on the one client listener (``users``: name ->
+    password, the broker's own user first). The controller listener stays plain: KRaft's quorum traffic, loopback
+    only, and clients are never sent there. The passwords live in this file only (mode 600); the broker logs its
+    JAAS setting as ``[hidden]``.
+    """
+    broker_user, broker_password = next(iter(users.items()))
+    jaas = " ".join(
+        [PLAIN_LOGIN_MODULE, "required", f"username={jaas_quoted(broker_user)}"]
+        + [f"password={jaas_quoted(broker_password)}"]
+        + [f"user_{name}={jaas_quoted(password)}" for name, password in users.items()]
+    )
     settings_ = {
         "process.roles": "broker,controller",
         "node.id": str(NODE_ID),
         # A dynamic quorum of one voter (formatted with --standalone) rather than static controller.quorum.voters.
         "controller.quorum.bootstrap.servers": f"{HOST}:{controller_port}",
-        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listeners": f"{CLIENT_LISTENER}://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
+        "advertised.listeners": f"{CLIENT_LISTENER}://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
+        "listener.security.protocol.map": f"{CLIENT_LISTENER}:{KAFKA_SECURITY_PROTOCOL},CONTROLLER:PLAINTEXT",
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
+        "inter.broker.listener.name": CLIENT_LISTENER,
+        "sasl.enabled.mechanisms": KAFKA_SASL_MECHANISM,
+        "sasl.mechanism.inter.broker.protocol": KAFKA_SASL_MECHANISM,
+        f"listener.name.{CLIENT_LISTENER.lower()}.{KAFKA_SASL_MECHANISM.lower()}.sasl.jaas.config": f"{jaas};",
         "log.dirs": str(log_dir),
         "num.partitions": "1",
         # Topics are created by the project with explicit settings (include/config/topics.yaml), never by accident.
@@ -133,7 +167,10 @@ class KafkaService(Service):
     def prepare(self, home: StackHome) -> None:
         conf = self._conf(home)
         log_dir = home.data_dir(self.name)
-        (conf / "server.properties").write_text(server_properties(log_dir))
+        properties = conf / "server.properties"
+        properties.touch(mode=0o600)
+        properties.chmod(0o600)  # it holds the SASL passwords
+        properties.write_text(server_properties(log_dir, sasl_users(home)))
         (conf / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
         if is_formatted(log_dir):
             return
@@ -160,21 +197,26 @@ class KafkaService(Service):
         return [ProcessSpec(name=self.name, argv=self._java(home, "kafka.Kafka", properties, heap=self.heap))]
 
     def is_healthy(self) -> bool:
-        return kafka_healthy(settings.KAFKA_BOOTSTRAP)
+        return kafka_healthy()
 
 
-def kafka_healthy(bootstrap: str, timeout: float = 2.0) -> bool:
-    """True when a broker answers a Metadata request over the Kafka protocol; never raises."""
+def kafka_healthy(bootstrap: str | None = None, timeout: float = 2.0) -> bool:
+    """True when a broker answers a Metadata request over the Kafka protocol, logged in as the
+    ``covidflow_kafka`` connection says (``clients.kafka_config``); never raises."""
     try:
         from confluent_kafka.admin import AdminClient
 
+        from covidflow.clients import kafka_config
+
         admin = AdminClient(
-            {
-                "bootstrap.servers": bootstrap,
-                "socket.timeout.ms": int(timeout * 1000),
-                "socket.connection.setup.timeout.ms": int(timeout * 1000),
-                "log_level": 0,  # a broker that is down is an answer here, not an error to print
-            }
+            kafka_config(
+                {
+                    "socket.timeout.ms": int(timeout * 1000),
+                    "socket.connection.setup.timeout.ms": int(timeout * 1000),
+                    "log_level": 0,  # a broker that is down is an answer here, not an error to print
+                },
+                bootstrap=bootstrap,
+            )
         )
         metadata = admin.list_topics(timeout=timeout)
         return bool(metadata.brokers)
