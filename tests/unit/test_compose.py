@@ -390,6 +390,16 @@ def test_connector_jars_are_resolved_at_build_time_without_maven_in_the_image() 
     assert checks and "shutil.which('mvn') is None" in checks[0] and "kafka_connector_jars" in checks[0]
 
 
+def test_the_executor_environment_is_packed_into_the_image_at_build_time() -> None:
+    """ADR 0020: submit_conf ships it with every job; built in the final image, a submission never needs PyPI."""
+    final = _stages()[FINAL_STAGE]
+    assert "RUN python -m covidflow.stack.executor_env" in final
+    script = PROJECT_ROOT / "docker" / "airflow" / "runtime-requirements.sh"
+    runtime = subprocess.run(["bash", str(script), str(PROJECT_ROOT / "requirements.txt")],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "venv-pack==" in runtime
+
+
 def test_stream_state_is_on_a_named_volume(
     services: dict[str, dict[str, Any]], rendered: tuple[dict[str, Any], dict[str, str]]
 ) -> None:
