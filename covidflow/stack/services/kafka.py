@@ -63,8 +63,8 @@ def server_properties(
 
     Clients and the broker itself authenticate with SASL/PLAIN on the one client listener (``users``: name ->
     password, the broker's own user first). The controller listener stays plain: KRaft's quorum traffic, loopback
-    only, and clients are never sent there. The passwords live in this file only (mode 600); the broker logs its
-    JAAS setting as ``[hidden]``.
+    only, and clients are never sent there. The passwords live in this file only (mode 600); the broker's logged
+    configuration does not show the listener's JAAS setting (tests/integration/test_security.py reads its log).
     """
     broker_user, broker_password = next(iter(users.items()))
     jaas = " ".join(
