@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import logging
 import os
 import pwd
 import secrets
@@ -142,7 +141,7 @@ class ElasticsearchService(Service):
         try:
             from covidflow.clients import elasticsearch
 
-            with quiet_loggers("elastic_transport", "covidflow.clients", level=logging.WARNING):
+            with quiet_loggers("elastic_transport", "covidflow.clients"):  # a node still starting is expected
                 client = elasticsearch(cached=False, request_timeout=3, max_retries=0)
                 try:
                     return client.cluster.health(timeout="2s").get("status") in ("green", "yellow")
