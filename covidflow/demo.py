@@ -129,6 +129,9 @@ def wait_for_stores(
 
 def main() -> int:
     from covidflow.stack.airflow_api import AirflowClient
+    from covidflow.stack.connections import use_stack_connections
+
+    use_stack_connections()  # the stores need the stack's logins (as the covidflow command takes them)
 
     specs = load_all()
     client = AirflowClient()
@@ -165,7 +168,10 @@ def main() -> int:
     print(f"  Airflow UI:      {settings.AIRFLOW_URL}  (user admin; password: covidflow stack credentials)")
     print(f"  Dashboard:       {settings.AIRFLOW_URL}/covidflow/")
     print(f"  Spark master UI: http://{settings.HOST}:{settings.SPARK_MASTER_UI_PORT}")
-    print(f"  Elasticsearch:   {settings.ELASTICSEARCH_URL}/covid-observations/_search")
+    print(
+        f"  Elasticsearch:   {settings.ELASTICSEARCH_URL}/covid-observations/_search  (user covidflow; password: "
+        "covidflow stack credentials)"
+    )
     print("  Stack status:    covidflow stack status")
     problems = [f"{dag} {state}" for dag, state in states.items() if state != "success"]
     problems += [f"{s}: {counts[s]} stored, {n} expected" for s, n in expected.items() if counts[s] != (n, n)]

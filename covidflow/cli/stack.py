@@ -83,15 +83,22 @@ def reset(yes: bool) -> None:
 
 @stack.command()
 def credentials() -> None:
-    """Print this machine's generated logins: the Airflow UI admin and the S3 keys."""
+    """Print this machine's generated logins: the Airflow UI admin, the S3 keys and the stores' users."""
+    from covidflow import settings
+    from covidflow.stack.connections import connections
     from covidflow.stack.home import StackHome
     from covidflow.stack.services.airflow import ADMIN_USER, admin_password
     from covidflow.stack.services.s3 import s3_credentials
 
     home = StackHome.from_env()
     access_key, secret_key = s3_credentials(home)
-    click.echo(f"airflow  user {ADMIN_USER}  password {admin_password(home)}")
-    click.echo(f"s3       access key {access_key}  secret key {secret_key}")
+    conns = connections(home)
+    kafka = conns[settings.CONN_KAFKA]["extra"]
+    click.echo(f"airflow        user {ADMIN_USER}  password {admin_password(home)}")
+    click.echo(f"s3             access key {access_key}  secret key {secret_key}")
+    click.echo(f"kafka          user {kafka['sasl.username']}  password {kafka['sasl.password']}  (SASL/PLAIN)")
+    for name, conn_id in (("cassandra", settings.CONN_CASSANDRA), ("elasticsearch", settings.CONN_ELASTICSEARCH)):
+        click.echo(f"{name:<14} user {conns[conn_id]['login']}  password {conns[conn_id]['password']}")
 
 
 @stack.command("env")

@@ -53,3 +53,22 @@ def test_the_tools_log_in_with_the_stack_secrets_from_private_files(tmp_path: Pa
     for path in (cqlshrc, kafka):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert password not in shell_script(env).replace(env["AIRFLOW_CONN_COVIDFLOW_KAFKA"], "")
+
+
+def test_stack_credentials_prints_every_generated_login(tmp_path: Path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from covidflow.cli.stack import stack
+    from covidflow.stack.credentials import local_secret
+    from covidflow.stack.services.airflow import passwords_file
+
+    monkeypatch.setenv("COVIDFLOW_HOME", str(tmp_path))
+    home = StackHome(tmp_path)
+    passwords_file(home).parent.mkdir(parents=True, exist_ok=True)
+    passwords_file(home).write_text('{"admin": "a-pass"}')  # Airflow writes it on its first start
+    out = CliRunner().invoke(stack, ["credentials"]).output.splitlines()
+    assert [line.split()[0] for line in out] == ["airflow", "s3", "kafka", "cassandra", "elasticsearch"]
+    assert out[2].split()[1:4] == ["user", "covidflow", "password"]
+    assert out[2].split()[4] == local_secret(home, "kafka_client_password")
+    assert out[3].split()[1:] == ["user", "covidflow", "password", local_secret(home, "cassandra_password")]
+    assert out[4].split()[1:] == ["user", "covidflow", "password", local_secret(home, "elasticsearch_password")]
