@@ -7,6 +7,7 @@ baseline measured in the same run. To add a phase, write a function ``(path) -> 
     .venv/bin/python bench/read_throughput.py              # ~100 MB file (2.65M rows) in a temp dir
     .venv/bin/python bench/read_throughput.py --rows 200000 --file /tmp/spf.csv
     .venv/bin/python bench/read_throughput.py --scale 1000000,10000000 --phases covidflow_batches,sources_preview
+    .venv/bin/python bench/read_throughput.py --rounds 3   # interleaved rounds: median rates and ratios
 
 ``--scale`` generates one file per row count (in --dir, kept for re-runs) and runs the phases on each, then
 prints each phase's time per row and peak RSS at every size next to the smallest size (the issue's bar: per-row
@@ -21,6 +22,7 @@ import importlib
 import json
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -111,12 +113,32 @@ def phase_sources_preview(path: Path) -> int:
     return summary.rows_read
 
 
+def phase_core_with_ids(path: Path) -> int:
+    """What a stream executor does with the same rows: columnar reader + columnar core, every record's sha256 id
+    hashed and every column built, on one thread (``sources preview`` hashes the ids of the records it prints
+    only, and normalises on all cores)."""
+    from covidflow.catalog.specs import find_spec
+    from covidflow.normalise.columnar import BatchNormaliser
+    from covidflow.normalise.preview import PREVIEW_BATCH_ROWS, local_provenance
+    from covidflow.read.batch import open_batches
+
+    spec = find_spec("spf_donnees_hospitalieres")
+    core, prov, rows = BatchNormaliser(spec), local_provenance(spec, path), 0
+    for chunk in open_batches(path, spec["format"], spec.get("reader") or {}, batch_rows=PREVIEW_BATCH_ROWS):
+        rows += len(chunk)
+        for result in core.iter_normalise(chunk, prov):
+            if result.rejects:
+                raise SystemExit(f"unexpected rejects: {result.rejects[:3]}")
+    return rows
+
+
 PHASES: dict[str, Callable[[Path], int]] = {
     "plain_csv": phase_plain_csv,
     "plain_dictreader": phase_plain_dictreader,
     "covidflow_csv": phase_covidflow_csv,
     "covidflow_batches": phase_covidflow_batches,
     "sources_preview": phase_sources_preview,
+    "core_with_ids": phase_core_with_ids,
 }
 BASELINE = "plain_csv"
 
@@ -126,6 +148,7 @@ IMPORTS: dict[str, list[str]] = {
     "covidflow_csv": ["covidflow.read"],
     "covidflow_batches": ["covidflow.read.batch", "pyarrow", "pyarrow.csv", "pyarrow.compute", "numpy"],
     "sources_preview": ["covidflow.catalog.specs", "covidflow.normalise.preview"],
+    "core_with_ids": ["covidflow.catalog.specs", "covidflow.normalise.preview", "covidflow.read.batch"],
 }
 
 
@@ -181,6 +204,26 @@ def measure(names: list[str], path: Path, size_mb: float) -> dict[str, dict]:
     return results
 
 
+def rounds(names: list[str], path: Path, size_mb: float, count: int) -> None:
+    """The phases ``count`` times, interleaved, then each phase's median rate and its median ratio to the
+    baseline of the same round: on a shared machine the baseline itself moves between runs."""
+    measured = []
+    for i in range(count):
+        print(f"\nround {i + 1} of {count}", flush=True)
+        measured.append(measure(names, path, size_mb))
+    print(f"\nmedians over {count} rounds (ratio: median of each round's ratio to its own {BASELINE}):")
+    print(f"{'phase':<18} {'rows/s':>11} {'vs ' + BASELINE:>13} {'ratios per round':<36} {'peak RSS':>9}")
+    for name in names:
+        rates = [r[name]["rows"] / r[name]["seconds"] for r in measured]
+        ratios = [
+            rate / (r[BASELINE]["rows"] / r[BASELINE]["seconds"]) for rate, r in zip(rates, measured, strict=True)
+        ]
+        peak = max(r[name]["peak_rss_kib"] for r in measured) / 1024
+        each = " ".join(f"{x:.2f}" for x in ratios)
+        rate, ratio = statistics.median(rates), statistics.median(ratios)
+        print(f"{name:<18} {rate:>11,.0f} {ratio:>12.2f}x {each:<36} {peak:>7.1f}MB")
+
+
 def scale(counts: list[int], names: list[str], directory: Path) -> None:
     """The same phases on files of growing size: time per row and peak RSS next to the smallest file's."""
     table: dict[int, dict[str, dict]] = {}
@@ -216,6 +259,7 @@ def main() -> None:
     )
     parser.add_argument("--scale", help="comma-separated row counts: run the phases on one file of each size")
     parser.add_argument("--dir", type=Path, help="where --scale keeps its files (default: a temp dir, removed)")
+    parser.add_argument("--rounds", type=int, default=1, help="run the phases this many times, interleaved; medians")
     parser.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase in this process
     args = parser.parse_args()
     if args.phase:
@@ -234,7 +278,10 @@ def main() -> None:
             generate(path, args.rows)
         size_mb = path.stat().st_size / 1e6
         print(f"file: {path} ({size_mb:.1f} MB)", flush=True)
-        measure(names, path, size_mb)
+        if args.rounds > 1:
+            rounds(names, path, size_mb, args.rounds)
+        else:
+            measure(names, path, size_mb)
 
 
 if __name__ == "__main__":

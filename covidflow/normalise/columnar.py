@@ -56,7 +56,52 @@ _CACHE_LIMIT = 200_000
 _SEGMENT_TEXTS = 4096  # distinct texts per segment of the record id's fields
 _DIGEST = operator.methodcaller("digest")
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+_FINGERPRINT_FACTOR = 0x9E3779B97F4A7C15  # odd: multiplying by it is a bijection mod 2**64
 SKIPS_SCHEMA = pa.schema([("row", pa.int64()), ("field", pa.string()), ("reason", pa.string())])
+
+
+@dataclass
+class RecordIds:
+    """The record ids of a table, not hashed yet: each identifying field (``record_id_fields``, in order) as a
+    code per record and a text per code.
+
+    ``sources preview`` defers the ids (``BatchNormaliser(defer_ids=True)``): it hashes only the records it
+    prints, and counts duplicate ids on :meth:`fingerprints`, which need no per-record Python.
+    """
+
+    parts: list[tuple[np.ndarray, list[str]]]
+
+    @classmethod
+    def of_table(cls, records: pa.Table, schema: ObservationSchema) -> RecordIds:
+        """The identifying fields of records that already carry their ids (the per-record path)."""
+        return cls([_text_codes(records.column(name).combine_chunks()) for name in schema.record_id_fields])
+
+    def compute(self, start: int = 0, stop: int | None = None) -> pa.Array:
+        """``catalog.schema.record_id`` of records ``start:stop``."""
+        sliced = [(codes[start:stop], texts) for codes, texts in self.parts]
+        if not len(sliced[0][0]):
+            return pa.array([], pa.string())
+        return record_ids([_joined(group) for group in _segments(sliced)])
+
+    def fingerprints(self) -> np.ndarray:
+        """A 64-bit fingerprint per record, equal for equal ids: a keyed hash per field and distinct text,
+        combined per record by NumPy (``fp * K + h``, wrapping). Two different ids fingerprint alike with a
+        probability of about 2**-64, the same whichever path made the records."""
+        fingerprint = np.zeros(len(self.parts[0][0]), dtype=np.uint64)
+        scale, shift = 1, 0  # fingerprint * scale + shift, pending: fields with one text in these records
+        for position, (codes, texts) in enumerate(self.parts):
+            key = position.to_bytes(2, "big")
+            hashes = [
+                int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8, person=key).digest()) for t in texts
+            ]
+            if len(texts) == 1:
+                scale, shift = scale * _FINGERPRINT_FACTOR % 2**64, (shift * _FINGERPRINT_FACTOR + hashes[0]) % 2**64
+                continue
+            if (scale, shift) != (1, 0):
+                fingerprint = fingerprint * np.uint64(scale) + np.uint64(shift)
+            fingerprint = fingerprint * np.uint64(_FINGERPRINT_FACTOR) + np.array(hashes, dtype=np.uint64)[codes]
+            scale, shift = 1, 0
+        return fingerprint * np.uint64(scale) + np.uint64(shift)
 
 
 @dataclass
@@ -66,6 +111,22 @@ class BatchResult:
     records: pa.Table  # schema == covidflow.catalog.schema.arrow_schema(), exactly
     rejects: list[Reject] = field(default_factory=list)
     skips: pa.Table = field(default_factory=SKIPS_SCHEMA.empty_table)  # row:int64, field:string, reason:string
+    #: Set when the ids were deferred: ``records.record_id`` is then null, and ``ids.compute()`` fills it.
+    ids: RecordIds | None = None
+
+    def records_with_ids(self, start: int = 0, stop: int | None = None) -> pa.Table:
+        """Records ``start:stop`` with their ids, hashed now if they were deferred."""
+        records = self.records.slice(start, None if stop is None else stop - start)
+        if self.ids is None:
+            return records
+        at = records.schema.get_field_index("record_id")
+        return records.set_column(at, records.schema.field(at), self.ids.compute(start, stop))
+
+    def id_fingerprints(self, schema: ObservationSchema) -> np.ndarray:
+        """:meth:`RecordIds.fingerprints` of the records, deferred or not."""
+        if not self.records.num_rows:
+            return np.empty(0, dtype=np.uint64)
+        return (self.ids or RecordIds.of_table(self.records, schema)).fingerprints()
 
 
 class _Frame:
@@ -120,7 +181,39 @@ def _dense(codes: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(present), index[codes]
 
 
+def _number_grammar(array: pa.Array) -> np.ndarray:
+    """Per cell: it matches ``NUMBER_GRAMMAR`` and is at most ``NUMBER_MAX_BYTES`` long (nulls: False).
+
+    Plain ASCII digit strings (most counts) are found with a cheap kernel; the regular expression runs on the
+    other cells only."""
+    short = pc.less_equal(pc.binary_length(array), NUMBER_MAX_BYTES).fill_null(False).to_numpy(zero_copy_only=False)
+    grammar = pc.ascii_is_decimal(array).fill_null(False).to_numpy(zero_copy_only=False) & short
+    other = np.flatnonzero(short & ~grammar & array.is_valid().to_numpy(zero_copy_only=False))
+    if len(other):
+        picked = array.take(pa.array(other, pa.int64()))
+        grammar[other] = pc.match_substring_regex(picked, NUMBER_GRAMMAR).to_numpy(zero_copy_only=False)
+    return grammar
+
+
+def _repeat(value: pa.Scalar, m: int) -> pa.Array:
+    """``m`` copies of one value, built from buffers for strings (``pa.repeat`` copies them one by one)."""
+    if not value.is_valid:
+        return pa.nulls(m, value.type)
+    if value.type == pa.string():
+        data = value.as_py().encode("utf-8")
+        if len(data) * m < 2**31:
+            offsets = np.arange(0, len(data) * m + 1, len(data), dtype=np.int32) if data else np.zeros(m + 1, np.int32)
+            return pa.Array.from_buffers(value.type, m, [None, pa.py_buffer(offsets), pa.py_buffer(data * m)])
+    return pa.repeat(value, m)
+
+
 def _take(values: pa.Array, codes: np.ndarray) -> pa.Array:
+    """``values[codes]``; a column whose values are all the same (one place level, a dimension not broken
+    down) is repeated instead of taken."""
+    if not (len(values) and len(codes)):
+        return values.take(pa.array(codes, pa.int64()))
+    if len(values) == 1 or (not pa.types.is_nested(values.type) and pc.count_distinct(values, mode="all").as_py() == 1):
+        return _repeat(values[0], len(codes))
     return values.take(pa.array(codes, pa.int64()))
 
 
@@ -134,8 +227,12 @@ class BatchNormaliser:
         registry: LocationRegistry | None = None,
         metrics: dict[str, Metric] | None = None,
         schema: ObservationSchema | None = None,
+        defer_ids: bool = False,
     ) -> None:
+        """``defer_ids``: leave ``record_id`` null and return the ids' inputs (``BatchResult.ids``) instead of
+        hashing every record: for callers that count records but print only a few (``sources preview``)."""
         self.core = Normaliser(spec, registry=registry, metrics=metrics, schema=schema)
+        self.defer_ids = defer_ids
         self.spec, self.schema, self.metrics = spec, self.core.schema, self.core.metrics
         self.registry = self.core.registry
         self.arrow_schema = arrow_schema(self.schema)
@@ -164,7 +261,7 @@ class BatchNormaliser:
         if len(parts) == 1:
             return parts[0]
         return BatchResult(
-            pa.concat_tables([p.records for p in parts]) if parts else self.arrow_schema.empty_table(),
+            pa.concat_tables([p.records_with_ids() for p in parts]) if parts else self.arrow_schema.empty_table(),
             [r for p in parts for r in p.rejects],
             pa.concat_tables([p.skips for p in parts]) if parts else SKIPS_SCHEMA.empty_table(),
         )
@@ -482,8 +579,10 @@ class BatchNormaliser:
                 schema=SKIPS_SCHEMA,
             )
         li, ci = np.nonzero(produced)  # row-major: the core's order (row, then cell)
-        records = self._records(frame, prov, li, numbers[li, ci], metrics[li, ci], place, vintage, dates, dims, point)
-        return BatchResult(records, [r for _, _, r in rejects], skips)
+        records, ids = self._records(
+            frame, prov, li, numbers[li, ci], metrics[li, ci], place, vintage, dates, dims, point
+        )
+        return BatchResult(records, [r for _, _, r in rejects], skips, ids)
 
     def _vintage(self, frame: _Frame, alive: np.ndarray, prov: Provenance) -> _Distinct:
         rule = self.core.vintage
@@ -514,14 +613,12 @@ class BatchNormaliser:
             fast = array.is_valid().to_numpy(zero_copy_only=False) & alive
             values = pc.cast(array, pa.float64(), safe=False).fill_null(0.0).to_numpy(zero_copy_only=False).copy()
         elif self.value_fast and (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
-            grammar = pc.and_(
-                pc.match_substring_regex(array, NUMBER_GRAMMAR),
-                pc.less_equal(pc.binary_length(array), NUMBER_MAX_BYTES),
-            ).fill_null(False)
-            fast = grammar.to_numpy(zero_copy_only=False) & alive
+            grammar = _number_grammar(array)
+            fast = grammar & alive
             if fast.any():
-                cast = pc.cast(pc.if_else(grammar, array, "0"), pa.float64())
-                values = cast.to_numpy(zero_copy_only=False).copy()
+                valid = array.is_valid().to_numpy(zero_copy_only=False)
+                numeric = array if (grammar | ~valid).all() else pc.if_else(pa.array(grammar), array, "0")
+                values = pc.cast(numeric, pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False).copy()
         ok = fast.copy()
         failed = np.zeros(n, dtype=bool)
         slow = alive & ~fast
@@ -562,10 +659,10 @@ class BatchNormaliser:
         dates: _Distinct,
         dims: dict[str, _Distinct],
         point: _Distinct,
-    ) -> pa.Table:
+    ) -> tuple[pa.Table, RecordIds | None]:
         m = len(li)
         if not m:
-            return self.arrow_schema.empty_table()
+            return self.arrow_schema.empty_table(), None
         registry = self.registry
         pcodes = place.codes[li]
         parents = [registry.parent(a) if a is not None and not isinstance(a, _RowReject) else None
@@ -573,14 +670,7 @@ class BatchNormaliser:
         vcodes, dcodes = vintage.codes[li], dates.codes[li]
 
         def const(value: Any, typ: pa.DataType) -> pa.Array:
-            if isinstance(value, str) and typ == pa.string():  # pa.repeat copies a string value by value: slow
-                data = value.encode("utf-8")
-                offsets = np.arange(0, len(data) * m + 1, len(data), dtype=np.int64) if data else np.zeros(m + 1)
-                if offsets[-1] < 2**31:
-                    return pa.Array.from_buffers(
-                        typ, m, [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data * m)]
-                    )
-            return pa.repeat(pa.scalar(value, typ), m)
+            return _repeat(pa.scalar(value, typ), m)
 
         ts = pa.timestamp("us", tz="UTC")
         columns: dict[str, Any] = {
@@ -622,8 +712,10 @@ class BatchNormaliser:
         for name, dim in dims.items():
             known[name] = (dim.codes[li], [a if isinstance(a, str) else "" for a in dim.answers])
         parts = [known[name] if name in known else _text_codes(columns[name]) for name in self.schema.record_id_fields]
-        columns["record_id"] = record_ids([_joined(group) for group in _segments(parts)])
-        return pa.Table.from_arrays([columns[f.name] for f in self.arrow_schema], schema=self.arrow_schema)
+        ids = RecordIds(parts)
+        columns["record_id"] = pa.nulls(m, pa.string()) if self.defer_ids else ids.compute()
+        table = pa.Table.from_arrays([columns[f.name] for f in self.arrow_schema], schema=self.arrow_schema)
+        return table, (ids if self.defer_ids else None)
 
 
 def _text_codes(array: pa.Array) -> tuple[np.ndarray, list[str]]:

@@ -7,11 +7,13 @@ a caller actually takes from the iterator (``RecordStream.drain`` finishes the c
 
 from __future__ import annotations
 
+import os
 import posixpath
 import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +36,8 @@ DUPLICATE_CHECK_LIMIT = 1_000_000
 #: Seconds between two progress lines (``sources preview`` on a terminal).
 PROGRESS_INTERVAL = 1.0
 _DICT_SLICE = 1024  # records turned into dicts at a time, for callers that iterate
+#: Threads that normalise a preview's chunks (``COVIDFLOW_PREVIEW_WORKERS``; default: the CPUs, at most 4).
+PREVIEW_WORKERS_ENV = "COVIDFLOW_PREVIEW_WORKERS"
 #: Rows per chunk: smaller than the readers' default, as the per-record reader's rows are Python dicts until then.
 PREVIEW_BATCH_ROWS = 16_384
 
@@ -74,6 +78,16 @@ class Summary:
         return out
 
 
+def preview_workers() -> int:
+    """Threads for a preview: ``COVIDFLOW_PREVIEW_WORKERS`` if set, else the CPUs this process may use (max 4)."""
+    configured = os.environ.get(PREVIEW_WORKERS_ENV)
+    if configured:
+        if not configured.isdigit() or int(configured) < 1:
+            raise ValueError(f"{PREVIEW_WORKERS_ENV} must be a whole number of threads, 1 or more; got {configured!r}")
+        return int(configured)
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
 def local_provenance(spec: SourceSpec, path: Path, *, ingested_at: datetime | None = None) -> Provenance:
     """Provenance for a local file as if it had landed under the spec's prefix (landed = file mtime)."""
     landed = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC).replace(microsecond=0)
@@ -87,12 +101,12 @@ class RecordStream(Iterator[dict[str, Any]]):
     """The canonical records of one file: iterate for dicts, or call :meth:`drain` to finish without them.
 
     Records are produced as Arrow tables (the summary fills in as they are produced); dicts are built a slice
-    at a time, only for the records a caller takes.
+    at a time, only for the records a caller takes, and only their record ids are hashed (``defer_ids``).
     """
 
-    def __init__(self, tables: Iterator[pa.Table]) -> None:
-        self._tables = tables
-        self._table: pa.Table | None = None
+    def __init__(self, results: Iterator[BatchResult]) -> None:
+        self._results = results
+        self._result: BatchResult | None = None
         self._pos = 0
         self._pending: deque[dict[str, Any]] = deque()
 
@@ -101,76 +115,97 @@ class RecordStream(Iterator[dict[str, Any]]):
 
     def __next__(self) -> dict[str, Any]:
         while not self._pending:
-            if self._table is None or self._pos >= self._table.num_rows:
-                self._table, self._pos = next(self._tables), 0  # StopIteration ends the stream
+            if self._result is None or self._pos >= self._result.records.num_rows:
+                self._result, self._pos = next(self._results), 0  # StopIteration ends the stream
                 continue
-            self._pending.extend(self._table.slice(self._pos, _DICT_SLICE).to_pylist())
+            self._pending.extend(self._result.records_with_ids(self._pos, self._pos + _DICT_SLICE).to_pylist())
             self._pos += _DICT_SLICE
         return self._pending.popleft()
 
     def tables(self) -> Iterator[pa.Table]:
-        """The records not taken yet, as Arrow tables (schema ``catalog.schema.arrow_schema()``)."""
+        """The records not taken yet, as Arrow tables (schema ``catalog.schema.arrow_schema()``), ids included."""
         if self._pending:
-            yield pa.Table.from_pylist(list(self._pending), schema=self._table.schema)
+            yield pa.Table.from_pylist(list(self._pending), schema=self._result.records.schema)
             self._pending.clear()
-        if self._table is not None and self._pos < self._table.num_rows:
-            yield self._table.slice(self._pos)
-        self._table = None
-        yield from self._tables
+        if self._result is not None and self._pos < self._result.records.num_rows:
+            yield self._result.records_with_ids(self._pos)
+        self._result = None
+        for result in self._results:
+            yield result.records_with_ids()
 
     def drain(self) -> None:
-        """Read to the end without building records: the summary then covers the whole file."""
-        for _ in self.tables():
+        """Read to the end without building records or hashing ids: the summary then covers the whole file."""
+        self._pending.clear()
+        self._result = None
+        for _ in self._results:
             pass
+
+
+_MARK_MASK = np.uint64((1 << 23) - 1)
 
 
 class _DuplicateIds:
     """Counts records whose id was seen before, among the first ``limit`` distinct ids, on NumPy arrays.
 
-    Same count and truncation as checking every record against a set in reading order. Ids are compared on their
-    128 bits folded to 64 (a sorted uint64 array: sorting and searching 32-byte strings took half of a preview's
-    time); two different ids folding alike among the first 1M has a probability of about 3e-8.
+    Same count and truncation as checking every record against a set in reading order. Ids are compared on
+    their 64-bit fingerprints (``RecordIds.fingerprints``: no id needs hashing for this), kept in a sorted array;
+    two different ids fingerprinting alike among the first 1M has a probability of about 3e-8.
     """
 
     def __init__(self, summary: Summary, limit: int = DUPLICATE_CHECK_LIMIT) -> None:
         self.summary, self.limit = summary, limit
         self.seen = np.empty(0, dtype=np.uint64)  # sorted
-        self.extra: set[int] = set()  # recent additions from small batches, merged into seen in bulk
+        self.marks = np.zeros(int(_MARK_MASK) + 1, dtype=bool)  # low bits of the seen keys (8 MB)
 
-    def _in_seen(self, keys: np.ndarray) -> np.ndarray:
-        if not len(self.seen):
-            return np.zeros(len(keys), dtype=bool)
-        idx = np.minimum(np.searchsorted(self.seen, keys), len(self.seen) - 1)
-        return self.seen[idx] == keys
-
-    def _merge(self, new: np.ndarray) -> None:
-        # Sorted runs, concatenated: the stable sort (timsort) merges them in linear time.
-        extra = np.array(sorted(self.extra), dtype=np.uint64)
-        self.seen = np.sort(np.concatenate([self.seen, new, extra]), kind="stable")
-        self.extra.clear()
-
-    def add(self, ids: pa.ChunkedArray | pa.Array) -> None:
-        keys = _id_keys(ids)
+    def add(self, keys: np.ndarray) -> None:
+        """Count the records of one batch (their fingerprints, in reading order)."""
         if not len(keys):
             return
-        in_seen = self._in_seen(keys)
-        room = self.limit - len(self.seen) - len(self.extra)
-        if len(keys) >= 4096 and len(keys) <= room:
-            uniq, first = np.unique(keys, return_index=True)
-            repeated = np.ones(len(keys), dtype=bool)
-            repeated[first] = False
-            self.summary.duplicate_ids += int(np.count_nonzero(in_seen | repeated))
-            self._merge(uniq[~self._in_seen(uniq)])
+        room = self.limit - len(self.seen)
+        if room <= 0:  # the check is full: duplicates are the records already seen; any other is unchecked
+            hits = self._in_seen(keys)
+            self.summary.duplicate_ids += int(np.count_nonzero(hits))
+            self.summary.duplicate_check_truncated |= not hits.all()
             return
-        for key, known in zip(keys.tolist(), in_seen.tolist(), strict=True):
-            if known or key in self.extra:
-                self.summary.duplicate_ids += 1
-            elif len(self.seen) + len(self.extra) < self.limit:
-                self.extra.add(key)
-            else:
-                self.summary.duplicate_check_truncated = True
-        if len(self.extra) > 65_536:
-            self._merge(np.empty(0, dtype=np.uint64))
+        ordered = np.sort(keys)
+        if len(ordered) <= room and not self._in_seen(ordered).any() and not (ordered[1:] == ordered[:-1]).any():
+            self._merge(ordered)  # the usual batch: all new, all different, and room for them
+            return
+        self._add_in_order(keys)
+
+    def _in_seen(self, keys: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(keys), dtype=bool)
+        maybe = np.flatnonzero(self.marks[keys & _MARK_MASK])  # a cheap filter first: most keys are new
+        if len(maybe):
+            candidates = keys[maybe]
+            at = np.minimum(np.searchsorted(self.seen, candidates), len(self.seen) - 1)
+            found[maybe] = self.seen[at] == candidates
+        return found
+
+    def _merge(self, ordered: np.ndarray) -> None:
+        # two sorted runs: the stable sort (timsort) merges them in linear time
+        self.seen = np.sort(np.concatenate([self.seen, ordered]), kind="stable") if len(self.seen) else ordered
+        self.marks[ordered & _MARK_MASK] = True
+
+    def _add_in_order(self, keys: np.ndarray) -> None:
+        """The general case (copies in the batch, or the check fills up in it), record by record in effect."""
+        uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        uniq_seen = self._in_seen(uniq)
+        # the set's rule, record by record: a new key is added while there is room; later copies are duplicates
+        new = np.flatnonzero(~uniq_seen)
+        new = new[np.argsort(first[new], kind="stable")]  # new keys in order of first appearance
+        room = max(self.limit - len(self.seen), 0)
+        added = np.zeros(len(uniq), dtype=bool)
+        added[new[:room]] = True
+        if len(new) > room:
+            self.summary.duplicate_check_truncated = True
+        repeated = np.ones(len(keys), dtype=bool)
+        repeated[first] = False
+        known = uniq_seen | added
+        self.summary.duplicate_ids += int(np.count_nonzero(uniq_seen[inverse] | (repeated & known[inverse])))
+        if added.any():
+            self._merge(uniq[added])
 
 
 def _tally(skips: pa.Table) -> list[tuple[tuple[str, str], int]]:
@@ -187,30 +222,6 @@ def _tally(skips: pa.Table) -> list[tuple[tuple[str, str], int]]:
         ((values[0][k // len(values[1])], values[1][k % len(values[1])]), int(n))
         for k, n in zip(keys[order].tolist(), counts[order].tolist(), strict=True)
     ]
-
-
-_NIBBLES = np.zeros(256, dtype=np.uint64)
-_NIBBLES[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint64)
-_SHIFTS = np.arange(60, -4, -4, dtype=np.uint64)
-
-
-def _id_keys(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Each record id (32 hex characters, 128 bits) folded to 64 bits (its halves XORed), from the Arrow buffers."""
-    chunks = ids.chunks if isinstance(ids, pa.ChunkedArray) else [ids]
-    parts = []
-    for chunk in chunks:
-        n = len(chunk)
-        if not n:
-            continue
-        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32, count=n + 1, offset=chunk.offset * 4)
-        if offsets[-1] - offsets[0] == 32 * n and chunk.null_count == 0:
-            text = np.frombuffer(chunk.buffers()[2], dtype=np.uint8, count=32 * n, offset=int(offsets[0]))
-        else:  # not the record-id layout: take the slow, exact way
-            text = np.frombuffer(b"".join(v.encode().ljust(32, b"0")[:32] for v in chunk.to_pylist()), np.uint8)
-        nibbles = _NIBBLES[text.reshape(n, 32)]
-        high = (nibbles[:, :16] << _SHIFTS).sum(axis=1, dtype=np.uint64)
-        parts.append(high ^ (nibbles[:, 16:] << _SHIFTS).sum(axis=1, dtype=np.uint64))
-    return np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)
 
 
 class _Progress:
@@ -255,34 +266,48 @@ def run_file(
     prov = provenance or local_provenance(spec, path)
     if isinstance(normaliser, Normaliser):
         normaliser = BatchNormaliser(
-            normaliser.spec, registry=normaliser.registry, metrics=normaliser.metrics, schema=normaliser.schema
+            normaliser.spec,
+            registry=normaliser.registry,
+            metrics=normaliser.metrics,
+            schema=normaliser.schema,
+            defer_ids=True,
         )
-    norm = normaliser or BatchNormaliser(spec)
+    norm = normaliser or BatchNormaliser(spec, defer_ids=True)
     summary = Summary()
     duplicates = _DuplicateIds(summary)
     meter = _Progress(sys.stderr if progress else None)
 
-    def count(result: BatchResult) -> pa.Table:
+    def count(result: BatchResult) -> BatchResult:
         for reject in result.rejects:
             summary.add_reject(reject)
         if result.skips.num_rows:
             for key, n in _tally(result.skips):
                 summary.skips[key] += n
-        duplicates.add(result.records.column("record_id"))
+        duplicates.add(result.id_fingerprints(norm.schema))
         summary.records_out += result.records.num_rows
-        return result.records
+        return result
 
-    def tables() -> Iterator[pa.Table]:
-        try:
-            chunks = open_batches(path, spec["format"], spec.get("reader") or {}, batch_rows=PREVIEW_BATCH_ROWS)
-            for chunk in chunks:
-                summary.rows_read += 1 if isinstance(chunk, RawReject) else len(chunk)
-                meter.update(summary.rows_read)
-                for result in norm.iter_normalise(chunk, prov):
-                    yield count(result)
-        except ReaderError as exc:
-            summary.error = str(exc)
-        finally:
-            meter.update(summary.rows_read, final=True)
+    def results() -> Iterator[BatchResult]:
+        # Chunks are normalised on worker threads while this one reads on: Arrow and NumPy release the GIL,
+        # so a preview uses the machine's cores. Results are counted and yielded in reading order, and at most
+        # ``workers + 1`` chunks are in flight, so memory stays bounded.
+        workers = preview_workers()
+        in_flight: deque[Future[list[BatchResult]]] = deque()
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="covidflow-preview") as pool:
+            try:
+                for chunk in open_batches(
+                    path, spec["format"], spec.get("reader") or {}, batch_rows=PREVIEW_BATCH_ROWS
+                ):
+                    summary.rows_read += 1 if isinstance(chunk, RawReject) else len(chunk)
+                    meter.update(summary.rows_read)
+                    in_flight.append(pool.submit(lambda c: list(norm.iter_normalise(c, prov)), chunk))
+                    while len(in_flight) > workers:
+                        yield from map(count, in_flight.popleft().result())
+            except ReaderError as exc:
+                summary.error = str(exc)
+            finally:
+                meter.update(summary.rows_read, final=True)
+            while in_flight:  # what was read before the end (or before a file error) is still counted
+                yield from map(count, in_flight.popleft().result())
 
-    return RecordStream(tables()), summary
+    return RecordStream(results()), summary

@@ -21,7 +21,7 @@ import pytest
 from covidflow import PROJECT_ROOT
 from covidflow.catalog.schema import arrow_schema
 from covidflow.catalog.specs import SourceSpec, load_all
-from covidflow.normalise.columnar import BatchNormaliser, BatchResult
+from covidflow.normalise.columnar import BatchNormaliser, BatchResult, RecordIds
 from covidflow.normalise.core import Normaliser, Provenance
 from covidflow.read import open_records
 from covidflow.read.base import RawRecord, RawReject
@@ -59,20 +59,44 @@ def per_record(spec: SourceSpec, items: Iterable[RawRecord | RawReject], prov: P
 
 
 def columnar(spec: SourceSpec, items: Iterable[RawRecord | RawReject], prov: Provenance, batch_rows: int):
-    core = BatchNormaliser(spec)
+    core, deferring = BatchNormaliser(spec), BatchNormaliser(spec, defer_ids=True)
     schema = arrow_schema()
     records, rejects, skips = [], [], []
     kinds = Counter()
     for chunk in chunk_records(iter(items), batch_rows):
         kinds[type(chunk).__name__] += 1
         result = core.normalise(chunk, prov)
+        assert_deferred_ids_agree(result, list(deferring.iter_normalise(chunk, prov)), core)
         assert isinstance(result, BatchResult)
         assert result.records.schema == schema  # types, order and nullability exactly
         assert result.skips.schema.names == ["row", "field", "reason"]
-        records += [{k: canon(v) for k, v in r.items()} for r in result.records.to_pylist()]
+        records += [canon_record(r) for r in result.records.to_pylist()]
         rejects += [(r.source_id, r.object_key, r.row, r.line, r.field, r.reason, r.value) for r in result.rejects]
         skips += [tuple(s.values()) for s in result.skips.to_pylist()]
     return records, rejects, Counter(skips), kinds
+
+
+def canon_record(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: canon(v) for k, v in record.items()}
+
+
+def assert_deferred_ids_agree(result: BatchResult, parts: list[BatchResult], core: BatchNormaliser) -> None:
+    """``defer_ids`` (what ``sources preview`` runs): the same records once the ids are filled in, and the same
+    duplicate fingerprints as records that carry their ids (the per-record path's)."""
+    filled = [r for p in parts for r in p.records_with_ids().to_pylist()]
+    assert [canon_record(r) for r in filled] == [canon_record(r) for r in result.records.to_pylist()]
+    for part in parts:
+        if part.ids is not None:
+            assert part.records.column("record_id").null_count == part.records.num_rows  # really deferred
+            assert (
+                part.records_with_ids(3, 9)
+                .column("record_id")
+                .equals(part.records_with_ids().column("record_id").slice(3, 6))
+            )
+        carried = (
+            RecordIds.of_table(part.records_with_ids(), core.schema).fingerprints() if part.records.num_rows else []
+        )
+        assert list(part.id_fingerprints(core.schema)) == list(carried)
 
 
 def assert_same(
@@ -443,6 +467,30 @@ def test_preview_summary_is_what_the_per_record_loop_printed(tmp_path: Path) -> 
         assert summary2.lines() == want_lines and [canon(r) for r in first] == [canon(r) for r in want_records[:5]]
 
 
+@pytest.mark.parametrize("workers", ["1", "4"])
+def test_preview_on_any_number_of_threads(workers: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks normalised on 1 or 4 threads: the same summary and records, in reading order, with a file error
+    midway (the truncated gzip) counted after everything read before it."""
+    from covidflow.normalise import preview
+
+    monkeypatch.setattr(preview, "PREVIEW_BATCH_ROWS", 64)  # many chunks in flight
+    monkeypatch.setenv(preview.PREVIEW_WORKERS_ENV, workers)
+    for spec, path, prov in preview_cases(tmp_path)[-3:]:
+        want_records, want_lines = per_record_preview(spec, path, prov)
+        stream, summary = preview.run_file(spec, path, prov)
+        assert [canon(r) for r in stream] == [canon(r) for r in want_records], path.name
+        assert summary.lines() == want_lines, path.name
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", " 2"])
+def test_preview_workers_must_be_a_whole_number(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from covidflow.normalise import preview
+
+    monkeypatch.setenv(preview.PREVIEW_WORKERS_ENV, value)
+    with pytest.raises(ValueError, match="COVIDFLOW_PREVIEW_WORKERS must be a whole number of threads"):
+        preview.preview_workers()
+
+
 def test_duplicate_ids_beyond_the_check_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     """Same count and truncation flag as the per-record set, around the limit and for small and large batches."""
     import numpy as np
@@ -450,10 +498,10 @@ def test_duplicate_ids_beyond_the_check_limit(monkeypatch: pytest.MonkeyPatch) -
     from covidflow.normalise import preview
 
     rng = np.random.default_rng(3)
-    ids = [f"{v:032x}" for v in rng.integers(0, 3000, size=20_000)]
+    ids = rng.integers(0, 3000, size=20_000).astype(np.uint64)  # fingerprints, in reading order
     for limit in (10, 1500, 2999, 5000):
         seen, dupes, truncated = set(), 0, False
-        for i in ids:
+        for i in ids.tolist():
             if i in seen:
                 dupes += 1
             elif len(seen) < limit:
@@ -465,7 +513,7 @@ def test_duplicate_ids_beyond_the_check_limit(monkeypatch: pytest.MonkeyPatch) -
             checker = preview._DuplicateIds(summary, limit)
             start = 0
             for size in sizes:
-                checker.add(pa.array(ids[start : start + size]))
+                checker.add(ids[start : start + size])
                 start += size
             assert (summary.duplicate_ids, summary.duplicate_check_truncated) == (dupes, truncated), (limit, sizes)
 
