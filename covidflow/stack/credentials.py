@@ -6,8 +6,8 @@ Nothing secret is committed; each machine gets its own random values, readable b
 from __future__ import annotations
 
 import json
-import os
 import secrets
+from pathlib import Path
 
 from covidflow.stack.home import StackHome
 
@@ -19,7 +19,13 @@ def local_secret(home: StackHome, name: str, nbytes: int = 18) -> str:
     if name not in values:
         values[name] = secrets.token_urlsafe(nbytes)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(values, indent=1))
-        os.chmod(tmp, 0o600)
+        write_private(tmp, json.dumps(values, indent=1))
         tmp.replace(path)
     return values[name]
+
+
+def write_private(path: Path, text: str) -> None:
+    """For a file holding a secret: created 0600 before any byte is written, never readable by others even briefly."""
+    path.touch(mode=0o600)
+    path.chmod(0o600)  # touch leaves the mode of an existing file as it was
+    path.write_text(text)

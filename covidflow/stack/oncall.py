@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from covidflow import settings
+from covidflow.stack.credentials import write_private
 from covidflow.stack.home import StackHome
 
 CQLSH_VERSION = "6.2.2"  # Apache cqlsh packaged on PyPI; 6.2 is the shell of Cassandra 5.0
@@ -96,19 +97,13 @@ def write_login_files(home: StackHome) -> tuple[Path, Path]:
     conns, conf = connections(home), home.conf_dir("oncall")
     cassandra = conns[settings.CONN_CASSANDRA]
     cqlshrc = conf / "cqlshrc"
-    _write_private(cqlshrc, f"[authentication]\nusername = {cassandra['login']}\npassword = {cassandra['password']}\n")
+    write_private(cqlshrc, f"[authentication]\nusername = {cassandra['login']}\npassword = {cassandra['password']}\n")
     # The JVM tools take the JVM client's settings: the Spark Kafka source's options without their prefix.
     jvm = {k.removeprefix("kafka."): v for k, v in kafka_spark_options(conns[settings.CONN_KAFKA]["extra"]).items()}
     jvm.pop("bootstrap.servers")  # given on the command line
     kafka = conf / "kafka-client.properties"
-    _write_private(kafka, "".join(f"{key}={value}\n" for key, value in sorted(jvm.items())))
+    write_private(kafka, "".join(f"{key}={value}\n" for key, value in sorted(jvm.items())))
     return cqlshrc, kafka
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.touch(mode=0o600)
-    path.chmod(0o600)
-    path.write_text(text)
 
 
 def oncall_env(home: StackHome) -> dict[str, str]:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import socket
+import struct
+import threading
 from pathlib import Path
 
 import yaml
 
 from covidflow.stack.home import StackHome
-from covidflow.stack.services.cassandra import CASSANDRA_YAML, STORAGE_PORT, CassandraService, _quote
+from covidflow.stack.services.cassandra import (
+    CASSANDRA_YAML,
+    STORAGE_PORT,
+    CassandraService,
+    _auth_failed,
+    _quote,
+    native_transport_answers,
+)
 from covidflow.stack.services.elasticsearch import ElasticsearchService, elasticsearch_yml
 
 
@@ -76,3 +86,38 @@ def test_the_file_realm_holds_covidflow_as_superuser_with_a_pbkdf2_hash() -> Non
     expected = hashlib.pbkdf2_hmac("sha512", b"pa$$:word", base64.b64decode(salt), 10_000, 32)
     assert base64.b64decode(key) == expected and len(base64.b64decode(salt)) == 32
     assert users_files("pa$$:word")["users"] != files["users"]  # a new salt each time
+
+
+def _one_shot_server(answer: bytes) -> int:
+    """A loopback port that reads one request and sends ``answer`` back; returns the port."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with server:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(9)
+                conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server.getsockname()[1]
+
+
+def test_native_transport_answers_only_a_cql_supported_frame() -> None:
+    supported = struct.pack(">BBhBI", 0x84, 0, 0, 0x06, 0)
+    assert native_transport_answers("127.0.0.1", _one_shot_server(supported), timeout=2.0)
+    assert not native_transport_answers("127.0.0.1", _one_shot_server(b"HTTP/1.1 400 Bad Request\r\n"), timeout=2.0)
+    assert not native_transport_answers("127.0.0.1", _one_shot_server(b""), timeout=2.0)  # closed without a frame
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        free_port = taken.getsockname()[1]
+    assert not native_transport_answers("127.0.0.1", free_port, timeout=2.0)  # nothing listens
+
+
+def test_auth_failed_tells_a_refused_login_from_a_down_node() -> None:
+    from cassandra import AuthenticationFailed
+    from cassandra.cluster import NoHostAvailable
+
+    assert _auth_failed(NoHostAvailable("x", {"127.0.0.1:9042": AuthenticationFailed("refused")}))
+    assert _auth_failed(NoHostAvailable("x", {"127.0.0.1:9042": Exception("Bad credentials")}))
+    assert not _auth_failed(NoHostAvailable("x", {"127.0.0.1:9042": ConnectionRefusedError(111, "refused")}))
+    assert not _auth_failed(RuntimeError("no errors attribute"))

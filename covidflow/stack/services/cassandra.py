@@ -20,7 +20,7 @@ from covidflow.stack.connections import CASSANDRA_ROLE
 from covidflow.stack.credentials import local_secret
 from covidflow.stack.fetch import MavenCoord, maven_classpath
 from covidflow.stack.home import StackHome
-from covidflow.stack.service import HOST, ProcessSpec, Service, java_home, port_open, quiet_loggers
+from covidflow.stack.service import HOST, ProcessSpec, Service, java_home, quiet_loggers
 
 VERSION = "5.0.9"  # newest 5.0 patch on Maven Central; 5.0 is the first line that runs on Java 17
 #: The superuser a new node creates with PasswordAuthenticator (password = name); disabled after first boot.
@@ -215,19 +215,18 @@ def ensure_role(home: StackHome, timeout: float = 90.0) -> None:
 
 def _login_or_create_role(password: str, deadline: float) -> Any:
     """A session as covidflow's role; on first boot the default superuser creates that role first."""
-    from cassandra import AuthenticationFailed
     from cassandra.cluster import NoHostAvailable
 
     while True:
         try:
             return _session(CASSANDRA_ROLE, password)
         except NoHostAvailable as exc:
-            if not _auth_failed(exc, AuthenticationFailed):
+            if not _auth_failed(exc):
                 raise
         try:  # first boot: only the default role exists (created as soon as the node has joined its ring)
             default = _session(DEFAULT_ROLE, DEFAULT_ROLE)
         except NoHostAvailable as exc:
-            if not _auth_failed(exc, AuthenticationFailed) or time.monotonic() > deadline:
+            if not _auth_failed(exc) or time.monotonic() > deadline:
                 raise RuntimeError(f"cassandra: cannot log in as {CASSANDRA_ROLE!r} (local secret) nor as the default "
                                    f"role on first boot: {exc}") from exc  # fmt: skip
             time.sleep(2)
@@ -242,9 +241,12 @@ def _login_or_create_role(password: str, deadline: float) -> Any:
             default.cluster.shutdown()
 
 
-def _auth_failed(exc: Exception, auth_error: type) -> bool:
+def _auth_failed(exc: Exception) -> bool:
+    """Whether a ``NoHostAvailable`` means the node refused the login (not that it is down)."""
+    from cassandra import AuthenticationFailed
+
     errors = getattr(exc, "errors", None) or {}
-    return any(isinstance(e, auth_error) or "Bad credentials" in str(e) for e in errors.values())
+    return any(isinstance(e, AuthenticationFailed) or "Bad credentials" in str(e) for e in errors.values())
 
 
 def _session(role: str, password: str) -> Any:
@@ -264,8 +266,6 @@ def native_transport_answers(host: str = HOST, port: int = CASSANDRA_PORT, timeo
     The health check cannot log in: on first boot the role it would use does not exist yet (``after_start`` makes
     it). The CQL OPTIONS request needs no login and is what the driver sends first.
     """
-    if not port_open(port, host):
-        return False
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.settimeout(timeout)

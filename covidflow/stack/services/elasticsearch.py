@@ -22,7 +22,7 @@ from pathlib import Path
 
 from covidflow.settings import ELASTICSEARCH_PORT
 from covidflow.stack.connections import ELASTICSEARCH_USER
-from covidflow.stack.credentials import local_secret
+from covidflow.stack.credentials import local_secret, write_private
 from covidflow.stack.fetch import MavenCoord, maven_file, unpack_zip
 from covidflow.stack.home import StackHome
 from covidflow.stack.service import HOST, ProcessSpec, Service, java_home, quiet_loggers
@@ -116,9 +116,7 @@ class ElasticsearchService(Service):
         (conf / "jvm.options.d" / "heap.options").write_text(f"-Xms{self.heap}\n-Xmx{self.heap}\n")
         (conf / "elasticsearch.yml").write_text(elasticsearch_yml(data, self.port))
         for name, text in users_files(local_secret(home, "elasticsearch_password")).items():
-            (conf / name).touch(mode=0o600)
-            (conf / name).chmod(0o600)  # a hash, still not for other users to read
-            (conf / name).write_text(text)
+            write_private(conf / name, text)  # a hash, still not for other users to read
         if os.geteuid() == 0:
             _ensure_user(USER)
             _grant_traverse(USER, home.root)

@@ -15,7 +15,7 @@ from pathlib import Path
 from covidflow import settings
 from covidflow.clients import jaas_quoted
 from covidflow.stack.connections import KAFKA_CLIENT_USER, KAFKA_SASL_MECHANISM, KAFKA_SECURITY_PROTOCOL
-from covidflow.stack.credentials import local_secret
+from covidflow.stack.credentials import local_secret, write_private
 from covidflow.stack.fetch import MavenCoord, maven_classpath
 from covidflow.stack.home import StackHome
 from covidflow.stack.service import HOST, ProcessSpec, Service, java_home
@@ -167,10 +167,7 @@ class KafkaService(Service):
     def prepare(self, home: StackHome) -> None:
         conf = self._conf(home)
         log_dir = home.data_dir(self.name)
-        properties = conf / "server.properties"
-        properties.touch(mode=0o600)
-        properties.chmod(0o600)  # it holds the SASL passwords
-        properties.write_text(server_properties(log_dir, sasl_users(home)))
+        write_private(conf / "server.properties", server_properties(log_dir, sasl_users(home)))  # the SASL passwords
         (conf / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
         if is_formatted(log_dir):
             return
