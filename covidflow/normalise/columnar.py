@@ -196,7 +196,24 @@ def _number_grammar(array: pa.Array) -> np.ndarray:
 
 
 def _repeat(value: pa.Scalar, m: int) -> pa.Array:
-    """``m`` copies of one value, built from buffers for strings (``pa.repeat`` copies them one by one)."""
+    """``m`` copies of one value. Arrow arrays are immutable and slicing is free, so one array per value serves
+    every part (a file's source, object key, vintage, a dimension not broken down...)."""
+    if pa.types.is_nested(value.type):
+        return _build_repeat(value, m)
+    key = (value.type, _key(value.as_py()))  # _key: -0.0 is not 0.0
+    repeated = _REPEATED.get(key)
+    if repeated is None or len(repeated) < m:
+        if len(_REPEATED) >= 256:
+            _REPEATED.clear()
+        repeated = _REPEATED[key] = _build_repeat(value, m)
+    return repeated.slice(0, m)
+
+
+_REPEATED: dict[tuple[pa.DataType, Any], pa.Array] = {}
+
+
+def _build_repeat(value: pa.Scalar, m: int) -> pa.Array:
+    """Built from buffers for strings (``pa.repeat`` copies them one by one)."""
     if not value.is_valid:
         return pa.nulls(m, value.type)
     if value.type == pa.string():
@@ -672,6 +689,11 @@ class BatchNormaliser:
         def const(value: Any, typ: pa.DataType) -> pa.Array:
             return _repeat(pa.scalar(value, typ), m)
 
+        # the metrics these records have (a few of the registry's): kinds and units are then often one value
+        used_metrics = np.flatnonzero(np.bincount(metric_codes, minlength=len(self.metric_names)))
+        local_metrics = np.zeros(len(self.metric_names), dtype=np.int64)
+        local_metrics[used_metrics] = np.arange(len(used_metrics))
+        local_metrics = local_metrics[metric_codes]
         ts = pa.timestamp("us", tz="UTC")
         columns: dict[str, Any] = {
             "schema_version": const(self.schema.version, pa.int32()),
@@ -687,9 +709,9 @@ class BatchNormaliser:
             "date": _take(dates.column(lambda a: a[1], pa.date32()), dcodes),
             "period": const(self.core.period, pa.string()),
             "period_start": _take(dates.column(lambda a: a[0], pa.date32()), dcodes),
-            "metric": _take(self.metric_names, metric_codes),
-            "metric_kind": _take(self.metric_kinds, metric_codes),
-            "unit": _take(self.metric_units, metric_codes),
+            "metric": _take(self.metric_names.take(used_metrics), local_metrics),
+            "metric_kind": _take(self.metric_kinds.take(used_metrics), local_metrics),  # often one: repeated
+            "unit": _take(self.metric_units.take(used_metrics), local_metrics),
             "value": pa.array(values, pa.float64()),
             "vintage": _take(vintage.column(lambda a: a[0], ts), vcodes),
             "vintage_basis": _take(vintage.column(lambda a: a[1], pa.string()), vcodes),

@@ -36,10 +36,11 @@ DUPLICATE_CHECK_LIMIT = 1_000_000
 #: Seconds between two progress lines (``sources preview`` on a terminal).
 PROGRESS_INTERVAL = 1.0
 _DICT_SLICE = 1024  # records turned into dicts at a time, for callers that iterate
-#: Threads that normalise a preview's chunks (``COVIDFLOW_PREVIEW_WORKERS``; default: the CPUs, at most 4).
+#: Threads that normalise a preview's chunks (``COVIDFLOW_PREVIEW_WORKERS``; default: the CPUs but one, 1 to 4).
 PREVIEW_WORKERS_ENV = "COVIDFLOW_PREVIEW_WORKERS"
-#: Rows per chunk: smaller than the readers' default, as the per-record reader's rows are Python dicts until then.
-PREVIEW_BATCH_ROWS = 16_384
+#: Rows per chunk (at most ``workers + 1`` in flight). Measured on a 2.65M-row file: 32k rows per chunk ran
+#: 1.2-1.3x faster than 16k (fewer parts, less fixed cost per part) for about 70 MB more peak memory.
+PREVIEW_BATCH_ROWS = 32_768
 
 
 @dataclass
@@ -79,13 +80,14 @@ class Summary:
 
 
 def preview_workers() -> int:
-    """Threads for a preview: ``COVIDFLOW_PREVIEW_WORKERS`` if set, else the CPUs this process may use (max 4)."""
+    """Threads for a preview: ``COVIDFLOW_PREVIEW_WORKERS`` if set, else one less than the CPUs this process may
+    use (the thread that reads needs one), between 1 and 4."""
     configured = os.environ.get(PREVIEW_WORKERS_ENV)
     if configured:
         if not configured.isdigit() or int(configured) < 1:
             raise ValueError(f"{PREVIEW_WORKERS_ENV} must be a whole number of threads, 1 or more; got {configured!r}")
         return int(configured)
-    return max(1, min(4, len(os.sched_getaffinity(0))))
+    return max(1, min(4, len(os.sched_getaffinity(0)) - 1))  # the reading thread has a CPU of its own
 
 
 def local_provenance(spec: SourceSpec, path: Path, *, ingested_at: datetime | None = None) -> Provenance:
@@ -141,7 +143,7 @@ class RecordStream(Iterator[dict[str, Any]]):
             pass
 
 
-_MARK_MASK = np.uint64((1 << 23) - 1)
+_MARK_MASK = np.uint64((1 << 26) - 1)
 
 
 class _DuplicateIds:
@@ -155,7 +157,7 @@ class _DuplicateIds:
     def __init__(self, summary: Summary, limit: int = DUPLICATE_CHECK_LIMIT) -> None:
         self.summary, self.limit = summary, limit
         self.seen = np.empty(0, dtype=np.uint64)  # sorted
-        self.marks = np.zeros(int(_MARK_MASK) + 1, dtype=bool)  # low bits of the seen keys (8 MB)
+        self.marks = np.zeros((int(_MARK_MASK) + 1) // 8, dtype=np.uint8)  # a bit per low-bits value (8 MB)
 
     def add(self, keys: np.ndarray) -> None:
         """Count the records of one batch (their fingerprints, in reading order)."""
@@ -175,8 +177,12 @@ class _DuplicateIds:
 
     def _in_seen(self, keys: np.ndarray) -> np.ndarray:
         found = np.zeros(len(keys), dtype=bool)
-        maybe = np.flatnonzero(self.marks[keys & _MARK_MASK])  # a cheap filter first: most keys are new
+        # a cheap filter first (one bit per low-bits value of the seen keys): most keys are new
+        low = keys & _MARK_MASK
+        maybe = np.flatnonzero((self.marks[low >> np.uint64(3)] >> (low & np.uint64(7)).astype(np.uint8)) & 1)
         if len(maybe):
+            order = np.argsort(keys[maybe])
+            maybe = maybe[order]  # in key order: searchsorted then walks the seen array forwards
             candidates = keys[maybe]
             at = np.minimum(np.searchsorted(self.seen, candidates), len(self.seen) - 1)
             found[maybe] = self.seen[at] == candidates
@@ -185,7 +191,8 @@ class _DuplicateIds:
     def _merge(self, ordered: np.ndarray) -> None:
         # two sorted runs: the stable sort (timsort) merges them in linear time
         self.seen = np.sort(np.concatenate([self.seen, ordered]), kind="stable") if len(self.seen) else ordered
-        self.marks[ordered & _MARK_MASK] = True
+        low = ordered & _MARK_MASK
+        np.bitwise_or.at(self.marks, low >> np.uint64(3), np.left_shift(1, low & np.uint64(7)).astype(np.uint8))
 
     def _add_in_order(self, keys: np.ndarray) -> None:
         """The general case (copies in the batch, or the check fills up in it), record by record in effect."""
