@@ -1,5 +1,6 @@
 """Read throughput on a synthetic SPF-shaped hospital file: a plain ``csv.reader`` loop (the baseline), our
-per-record reader (``read_records``), our columnar reader (``read_batches``) and the ``sources preview`` path.
+per-record reader (``read_records``), our columnar reader (``read_batches``), the ``sources preview`` path and
+the core with every record id hashed on one thread (``core_with_ids``: what a stream executor does).
 
 Each phase runs in its own subprocess, so its peak RSS (``ru_maxrss``) is its own; every ratio is to the
 baseline measured in the same run. To add a phase, write a function ``(path) -> rows`` and register it in PHASES.

@@ -20,6 +20,8 @@ the same order), without per-record Python for ordinary specs. How:
   record's text (head + tail) is hashed with ``hashlib`` in one tight loop: no vectorised sha256 exists in
   pyarrow or numpy here (measured: ``binary_join_element_wise`` over the ten fields cost more than the hash).
   The hex is done with NumPy. This loop is the one per-record Python step left, and the bound on throughput.
+  ``defer_ids=True`` (``sources preview``) skips it: the ids' inputs come back as :class:`RecordIds`, hashed
+  only for the records a caller takes, and duplicates are counted on vectorised 64-bit fingerprints.
 
 What stays per record: specs with a ``hook`` (the hook is a Python function of one record) and chunks that are
 a ``list[RawRecord]`` (records that do not fit columns, see ``covidflow.read.batch``) run through the per-record

@@ -1,8 +1,10 @@
 """Run one local file through a spec (reader + columnar core) and summarise: what ``sources preview`` and the tests use.
 
 This is the only place here that touches files; the core stays pure. The counting path is columnar: records are
-counted, their ids checked for duplicates and skips tallied on Arrow tables; dicts are built only for the records
-a caller actually takes from the iterator (``RecordStream.drain`` finishes the count without building any).
+counted, their ids checked for duplicates (on fingerprints: ids are hashed only for the records a caller takes)
+and skips tallied on Arrow tables; dicts are built only for the records a caller actually takes from the iterator
+(``RecordStream.drain`` finishes the count without building any). Chunks are normalised on worker threads while
+the calling thread reads on.
 """
 
 from __future__ import annotations
