@@ -205,13 +205,15 @@ def _repeat(value: pa.Scalar, m: int) -> pa.Array:
     key = (value.type, _key(value.as_py()))  # _key: -0.0 is not 0.0
     repeated = _REPEATED.get(key)
     if repeated is None or len(repeated) < m:
-        if len(_REPEATED) >= 256:
-            _REPEATED.clear()
-        repeated = _REPEATED[key] = _build_repeat(value, m)
+        repeated = _build_repeat(value, m)
+        if sum(a.nbytes for a in _REPEATED.values()) + repeated.nbytes > _REPEATED_BYTES:
+            _REPEATED.clear()  # bounded: a long-running executor sees a new object key and time per object
+        _REPEATED[key] = repeated
     return repeated.slice(0, m)
 
 
 _REPEATED: dict[tuple[pa.DataType, Any], pa.Array] = {}
+_REPEATED_BYTES = 64 << 20
 
 
 def _build_repeat(value: pa.Scalar, m: int) -> pa.Array:

@@ -576,3 +576,23 @@ def test_every_sample_file_is_covered() -> None:
     data = {p for p in (PROJECT_ROOT / "include" / "samples").glob("*/*") if p.name != "SOURCE.md"}
     assert {p.parent.name for p in data - taken} == {"opencovid19fr_bulletins"}
     assert any("deaths" in p.name for p in taken)  # the JHU family's second file
+
+
+def test_repeated_columns_are_exact_and_their_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One cached array per value, sliced per part: the right length and value every time (-0.0 is not 0.0, a
+    longer part rebuilds), and the cache never holds more than its byte budget (long-running executors)."""
+    import math
+
+    from covidflow.normalise import columnar
+
+    monkeypatch.setattr(columnar, "_REPEATED", {})
+    monkeypatch.setattr(columnar, "_REPEATED_BYTES", 1 << 20)
+    for m in (5, 3, 9):
+        assert columnar._repeat(pa.scalar("FR-D75"), m).to_pylist() == ["FR-D75"] * m
+    assert [math.copysign(1, v) for v in columnar._repeat(pa.scalar(-0.0), 2).to_pylist()] == [-1, -1]
+    assert [math.copysign(1, v) for v in columnar._repeat(pa.scalar(0.0), 2).to_pylist()] == [1, 1]
+    assert columnar._repeat(pa.scalar(None, pa.string()), 4).null_count == 4
+    for i in range(200):  # a new object key per object: 200 x ~0.3 MB would be 60 MB without the bound
+        key = f"landing/spf/donnees-hospitalieres-{i:04d}.csv"
+        assert columnar._repeat(pa.scalar(key), 8_000).to_pylist()[-1] == key
+        assert sum(a.nbytes for a in columnar._REPEATED.values()) <= 1 << 20
