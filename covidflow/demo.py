@@ -128,7 +128,7 @@ def wait_for_stores(
 
 def main() -> int:
     from covidflow.stack.airflow_api import AirflowClient
-    from covidflow.stack.connections import use_stack_connections
+    from covidflow.stack.connections import ELASTICSEARCH_USER, use_stack_connections
 
     use_stack_connections()  # the stores need the stack's logins (as the covidflow command takes them)
 
@@ -168,8 +168,8 @@ def main() -> int:
     print(f"  Dashboard:       {settings.AIRFLOW_URL}/covidflow/")
     print(f"  Spark master UI: http://{settings.HOST}:{settings.SPARK_MASTER_UI_PORT}")
     print(
-        f"  Elasticsearch:   {settings.ELASTICSEARCH_URL}/covid-observations/_search  (user covidflow; password: "
-        "covidflow stack credentials)"
+        f"  Elasticsearch:   {settings.ELASTICSEARCH_URL}/covid-observations/_search  "
+        f"(user {ELASTICSEARCH_USER}; password: covidflow stack credentials)"
     )
     print("  Stack status:    covidflow stack status")
     problems = [f"{dag} {state}" for dag, state in states.items() if state != "success"]

@@ -90,20 +90,16 @@ class RecordIds:
         combined per record by NumPy (``fp * K + h``, wrapping). Two different ids fingerprint alike with a
         probability of about 2**-64, the same whichever path made the records."""
         fingerprint = np.zeros(len(self.parts[0][0]), dtype=np.uint64)
-        scale, shift = 1, 0  # fingerprint * scale + shift, pending: fields with one text in these records
         for position, (codes, texts) in enumerate(self.parts):
             key = position.to_bytes(2, "big")
-            hashes = [
-                int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8, person=key).digest()) for t in texts
-            ]
-            if len(texts) == 1:
-                scale, shift = scale * _FINGERPRINT_FACTOR % 2**64, (shift * _FINGERPRINT_FACTOR + hashes[0]) % 2**64
-                continue
-            if (scale, shift) != (1, 0):
-                fingerprint = fingerprint * np.uint64(scale) + np.uint64(shift)
-            fingerprint = fingerprint * np.uint64(_FINGERPRINT_FACTOR) + np.array(hashes, dtype=np.uint64)[codes]
-            scale, shift = 1, 0
-        return fingerprint * np.uint64(scale) + np.uint64(shift)
+            hashes = np.array(
+                [int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8, person=key).digest()) for t in texts],
+                dtype=np.uint64,
+            )
+            # A field with one text in these records (the source, a level) adds a scalar: no gather over codes.
+            added = hashes[0] if len(texts) == 1 else hashes[codes]
+            fingerprint = fingerprint * np.uint64(_FINGERPRINT_FACTOR) + added
+        return fingerprint
 
 
 @dataclass
@@ -183,18 +179,20 @@ def _dense(codes: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(present), index[codes]
 
 
-def _number_grammar(array: pa.Array) -> np.ndarray:
-    """Per cell: it matches ``NUMBER_GRAMMAR`` and is at most ``NUMBER_MAX_BYTES`` long (nulls: False).
+def _number_grammar(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell: it matches ``NUMBER_GRAMMAR`` and is at most ``NUMBER_MAX_BYTES`` long (nulls: False); and it is
+    not null.
 
     Plain ASCII digit strings (most counts) are found with a cheap kernel; the regular expression runs on the
     other cells only."""
     short = pc.less_equal(pc.binary_length(array), NUMBER_MAX_BYTES).fill_null(False).to_numpy(zero_copy_only=False)
     grammar = pc.ascii_is_decimal(array).fill_null(False).to_numpy(zero_copy_only=False) & short
-    other = np.flatnonzero(short & ~grammar & array.is_valid().to_numpy(zero_copy_only=False))
+    valid = array.is_valid().to_numpy(zero_copy_only=False)
+    other = np.flatnonzero(short & ~grammar & valid)
     if len(other):
         picked = array.take(pa.array(other, pa.int64()))
         grammar[other] = pc.match_substring_regex(picked, NUMBER_GRAMMAR).to_numpy(zero_copy_only=False)
-    return grammar
+    return grammar, valid
 
 
 def _repeat(value: pa.Scalar, m: int) -> pa.Array:
@@ -231,9 +229,10 @@ def _build_repeat(value: pa.Scalar, m: int) -> pa.Array:
 def _take(values: pa.Array, codes: np.ndarray) -> pa.Array:
     """``values[codes]``; a column whose values are all the same (one place level, a dimension not broken
     down) is repeated instead of taken."""
-    if not (len(values) and len(codes)):
-        return values.take(pa.array(codes, pa.int64()))
-    if len(values) == 1 or (not pa.types.is_nested(values.type) and pc.count_distinct(values, mode="all").as_py() == 1):
+    single = len(values) == 1 or (
+        len(values) > 1 and not pa.types.is_nested(values.type) and pc.count_distinct(values, mode="all").as_py() == 1
+    )
+    if single and len(codes):
         return _repeat(values[0], len(codes))
     return values.take(pa.array(codes, pa.int64()))
 
@@ -634,10 +633,9 @@ class BatchNormaliser:
             fast = array.is_valid().to_numpy(zero_copy_only=False) & alive
             values = pc.cast(array, pa.float64(), safe=False).fill_null(0.0).to_numpy(zero_copy_only=False).copy()
         elif self.value_fast and (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
-            grammar = _number_grammar(array)
+            grammar, valid = _number_grammar(array)
             fast = grammar & alive
             if fast.any():
-                valid = array.is_valid().to_numpy(zero_copy_only=False)
                 numeric = array if (grammar | ~valid).all() else pc.if_else(pa.array(grammar), array, "0")
                 values = pc.cast(numeric, pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False).copy()
         ok = fast.copy()
