@@ -180,8 +180,8 @@ def _dense(codes: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _number_grammar(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Per cell: it matches ``NUMBER_GRAMMAR`` and is at most ``NUMBER_MAX_BYTES`` long (nulls: False); and it is
-    not null.
+    """Two masks per cell: it matches ``NUMBER_GRAMMAR`` in at most ``NUMBER_MAX_BYTES`` (nulls: False), and it is
+    not null (the caller needs both).
 
     Plain ASCII digit strings (most counts) are found with a cheap kernel; the regular expression runs on the
     other cells only."""
@@ -229,10 +229,9 @@ def _build_repeat(value: pa.Scalar, m: int) -> pa.Array:
 def _take(values: pa.Array, codes: np.ndarray) -> pa.Array:
     """``values[codes]``; a column whose values are all the same (one place level, a dimension not broken
     down) is repeated instead of taken."""
-    single = len(values) == 1 or (
-        len(values) > 1 and not pa.types.is_nested(values.type) and pc.count_distinct(values, mode="all").as_py() == 1
-    )
-    if single and len(codes):
+    if len(codes) and (
+        len(values) == 1 or (not pa.types.is_nested(values.type) and pc.count_distinct(values, mode="all").as_py() == 1)
+    ):
         return _repeat(values[0], len(codes))
     return values.take(pa.array(codes, pa.int64()))
 
