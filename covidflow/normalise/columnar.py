@@ -30,6 +30,7 @@ core and are converted to the same :class:`BatchResult`. Rejects are built as ``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import operator
 from collections.abc import Callable, Iterator
@@ -96,9 +97,10 @@ class RecordIds:
                 [int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8, person=key).digest()) for t in texts],
                 dtype=np.uint64,
             )
-            # A field with one text in these records (the source, a level) adds a scalar: no gather over codes.
-            added = hashes[0] if len(texts) == 1 else hashes[codes]
-            fingerprint = fingerprint * np.uint64(_FINGERPRINT_FACTOR) + added
+            # In place (no new array per field); a field with one text in these records (the source, a level)
+            # adds a scalar: no gather over codes.
+            fingerprint *= np.uint64(_FINGERPRINT_FACTOR)
+            fingerprint += hashes[0] if len(texts) == 1 else hashes[codes]
         return fingerprint
 
 
@@ -200,17 +202,28 @@ def _repeat(value: pa.Scalar, m: int) -> pa.Array:
     every part (a file's source, object key, vintage, a dimension not broken down...)."""
     if pa.types.is_nested(value.type):
         return _build_repeat(value, m)
-    key = (value.type, _key(value.as_py()))  # _key: -0.0 is not 0.0
-    repeated = _REPEATED.get(key)
-    if repeated is None or len(repeated) < m:
-        repeated = _build_repeat(value, m)
-        if sum(a.nbytes for a in _REPEATED.values()) + repeated.nbytes > _REPEATED_BYTES:
+    return _cached((value.type, _key(value.as_py())), m, lambda size: _build_repeat(value, size))  # -0.0 is not 0.0
+
+
+def _tile(pattern: pa.Array, m: int) -> pa.Array:
+    """The first ``m`` values of ``pattern`` repeated end to end: the metric columns of a file whose every row
+    gives every metric column (one record per cell, row after row). Built once and sliced, like :func:`_repeat`."""
+    key = (pattern.type, "tile", *(_key(v) for v in pattern.to_pylist()))
+    return _cached(key, m, lambda size: _build_tile(pattern, size))
+
+
+def _cached(key: tuple[Any, ...], m: int, build: Callable[[int], pa.Array]) -> pa.Array:
+    """The first ``m`` values of the array ``build`` makes for ``key``; built again only to grow."""
+    built = _REPEATED.get(key)
+    if built is None or len(built) < m:
+        built = build(m)
+        if sum(a.nbytes for a in _REPEATED.values()) + built.nbytes > _REPEATED_BYTES:
             _REPEATED.clear()  # bounded: a long-running executor sees a new object key and time per object
-        _REPEATED[key] = repeated
-    return repeated.slice(0, m)
+        _REPEATED[key] = built
+    return built.slice(0, m)
 
 
-_REPEATED: dict[tuple[pa.DataType, Any], pa.Array] = {}
+_REPEATED: dict[tuple[Any, ...], pa.Array] = {}
 _REPEATED_BYTES = 64 << 20
 
 
@@ -224,6 +237,19 @@ def _build_repeat(value: pa.Scalar, m: int) -> pa.Array:
             offsets = np.arange(0, len(data) * m + 1, len(data), dtype=np.int32) if data else np.zeros(m + 1, np.int32)
             return pa.Array.from_buffers(value.type, m, [None, pa.py_buffer(offsets), pa.py_buffer(data * m)])
     return pa.repeat(value, m)
+
+
+def _build_tile(pattern: pa.Array, m: int) -> pa.Array:
+    """Built from buffers for strings without nulls (the texts once, their offsets by NumPy); else a take."""
+    times = -(-m // len(pattern))
+    if pattern.type == pa.string() and not pattern.null_count:
+        texts = [text.encode("utf-8") for text in pattern.to_pylist()]
+        data = b"".join(texts)
+        if len(data) * times < 2**31:
+            offsets = np.zeros(m + 1, dtype=np.int32)
+            np.cumsum(np.tile(np.array([len(t) for t in texts], dtype=np.int32), times)[:m], out=offsets[1:])
+            return pa.Array.from_buffers(pattern.type, m, [None, pa.py_buffer(offsets), pa.py_buffer(data * times)])
+    return pattern.take(pa.array(np.tile(np.arange(len(pattern)), times)[:m], pa.int64()))
 
 
 def _take(values: pa.Array, codes: np.ndarray) -> pa.Array:
@@ -499,6 +525,8 @@ class BatchNormaliser:
             rejects.append((i, cell, core._reject(int(frame.rows[i]), line, prov, exc.column, exc.reason, exc.value)))
 
         def row_check(step: _Distinct) -> None:
+            if not step.failed.any():
+                return
             failing = np.nonzero(alive & step.failed[step.codes])[0]
             for i in failing.tolist():
                 reject(i, -1, step.answers[step.codes[i]])
@@ -597,9 +625,20 @@ class BatchNormaliser:
                 ],
                 schema=SKIPS_SCHEMA,
             )
-        li, ci = np.nonzero(produced)  # row-major: the core's order (row, then cell)
+        # the records, row-major: the core's order (row, then cell); per_record spreads a per-row array to them
+        width, period = len(cells), None
+        per_record: Callable[[np.ndarray], np.ndarray]
+        if width and produced.all():  # every cell of every row: the usual file, repeated rather than gathered
+            picked: slice | np.ndarray = slice(None)
+            per_record = functools.partial(np.repeat, repeats=width)
+            period = None if self.metric_by_column else width  # each row's metrics are the cells' metrics
+        else:
+            picked = np.flatnonzero(produced)
+            li = picked // max(width, 1)
+            per_record = functools.partial(np.take, indices=li)
+        record_values, record_metrics = numbers.reshape(-1)[picked], metrics.reshape(-1)[picked]
         records, ids = self._records(
-            frame, prov, li, numbers[li, ci], metrics[li, ci], place, vintage, dates, dims, point
+            frame, prov, per_record, record_values, record_metrics, period, place, vintage, dates, dims, point
         )
         return BatchResult(records, [r for _, _, r in rejects], skips, ids)
 
@@ -669,32 +708,48 @@ class BatchNormaliser:
         self,
         frame: _Frame,
         prov: Provenance,
-        li: np.ndarray,
+        per_record: Callable[[np.ndarray], np.ndarray],
         values: np.ndarray,
         metric_codes: np.ndarray,
+        period: int | None,
         place: _Distinct,
         vintage: _Distinct,
         dates: _Distinct,
         dims: dict[str, _Distinct],
         point: _Distinct,
     ) -> tuple[pa.Table, RecordIds | None]:
-        m = len(li)
+        m = len(values)
         if not m:
             return self.arrow_schema.empty_table(), None
         registry = self.registry
-        pcodes = place.codes[li]
+
+        def codes(step: _Distinct) -> np.ndarray:
+            """Each record's code in a row-level step: a step with one answer needs no gather."""
+            return np.zeros(m, dtype=np.int64) if len(step.answers) == 1 else per_record(step.codes)
+
+        pcodes, vcodes, dcodes = codes(place), codes(vintage), codes(dates)
+        dim_codes = {name: codes(dim) for name, dim in dims.items()}
         parents = [registry.parent(a) if a is not None and not isinstance(a, _RowReject) else None
                    for a in place.answers]  # fmt: skip
-        vcodes, dcodes = vintage.codes[li], dates.codes[li]
 
         def const(value: Any, typ: pa.DataType) -> pa.Array:
             return _repeat(pa.scalar(value, typ), m)
 
-        # the metrics these records have (a few of the registry's): kinds and units are then often one value
-        used_metrics = np.flatnonzero(np.bincount(metric_codes, minlength=len(self.metric_names)))
-        local_metrics = np.zeros(len(self.metric_names), dtype=np.int64)
-        local_metrics[used_metrics] = np.arange(len(used_metrics))
-        local_metrics = local_metrics[metric_codes]
+        if period:  # the records' metrics are one short pattern, row after row: tiled, not taken
+            pattern = pa.array(metric_codes[:period], pa.int64())
+
+            def metric_column(values: pa.Array) -> pa.Array:
+                return _tile(values.take(pattern), m)
+        else:
+            # the metrics these records have (a few of the registry's): kinds and units are then often one value
+            used = pa.array(np.flatnonzero(np.bincount(metric_codes, minlength=len(self.metric_names))), pa.int64())
+            local = np.zeros(len(self.metric_names), dtype=np.int64)
+            local[used.to_numpy()] = np.arange(len(used))
+            local = local[metric_codes]
+
+            def metric_column(values: pa.Array) -> pa.Array:
+                return _take(values.take(used), local)
+
         ts = pa.timestamp("us", tz="UTC")
         columns: dict[str, Any] = {
             "schema_version": const(self.schema.version, pa.int32()),
@@ -705,24 +760,24 @@ class BatchNormaliser:
             "location_parent_key": _take(pa.array([p.key if p else None for p in parents], pa.string()), pcodes),
             "location_parent_name": _take(pa.array([p.name if p else None for p in parents], pa.string()), pcodes),
             "location_point": _take(
-                pa.array(point.answers, self.arrow_schema.field("location_point").type), point.codes[li]
+                pa.array(point.answers, self.arrow_schema.field("location_point").type), codes(point)
             ),
             "date": _take(dates.column(lambda a: a[1], pa.date32()), dcodes),
             "period": const(self.core.period, pa.string()),
             "period_start": _take(dates.column(lambda a: a[0], pa.date32()), dcodes),
-            "metric": _take(self.metric_names.take(used_metrics), local_metrics),
-            "metric_kind": _take(self.metric_kinds.take(used_metrics), local_metrics),  # often one: repeated
-            "unit": _take(self.metric_units.take(used_metrics), local_metrics),
+            "metric": metric_column(self.metric_names),
+            "metric_kind": metric_column(self.metric_kinds),
+            "unit": metric_column(self.metric_units),
             "value": pa.array(values, pa.float64()),
             "vintage": _take(vintage.column(lambda a: a[0], ts), vcodes),
             "vintage_basis": _take(vintage.column(lambda a: a[1], pa.string()), vcodes),
             "source_object_key": const(prov.object_key, pa.string()),
             "source_object_version": const(prov.object_version, pa.string()),
-            "source_row": pa.array(frame.rows[li], pa.int64()),
+            "source_row": pa.array(per_record(frame.rows), pa.int64()),
             "ingested_at": const(prov.ingested_at, ts),
         }
         for name, dim in dims.items():
-            columns[name] = _take(dim.column(lambda a: a, pa.string()), dim.codes[li])
+            columns[name] = _take(dim.column(lambda a: a, pa.string()), dim_codes[name])
         # the record id: each identifying field as (code per record, text per code), joined per half, then hashed
         known: dict[str, tuple[np.ndarray, list[Any]]] = {
             "source_id": (np.zeros(m, dtype=np.int64), [self.spec.id]),
@@ -733,7 +788,7 @@ class BatchNormaliser:
             "vintage": (vcodes, [a[0].isoformat() if isinstance(a, tuple) else "" for a in vintage.answers]),
         }
         for name, dim in dims.items():
-            known[name] = (dim.codes[li], [a if isinstance(a, str) else "" for a in dim.answers])
+            known[name] = (dim_codes[name], [a if isinstance(a, str) else "" for a in dim.answers])
         parts = [known[name] if name in known else _text_codes(columns[name]) for name in self.schema.record_id_fields]
         ids = RecordIds(parts)
         columns["record_id"] = pa.nulls(m, pa.string()) if self.defer_ids else ids.compute()

@@ -596,3 +596,19 @@ def test_repeated_columns_are_exact_and_their_cache_is_bounded(monkeypatch: pyte
         key = f"landing/spf/donnees-hospitalieres-{i:04d}.csv"
         assert columnar._repeat(pa.scalar(key), 8_000).to_pylist()[-1] == key
         assert sum(a.nbytes for a in columnar._REPEATED.values()) <= 1 << 20
+
+
+def test_tiled_columns_are_exact_for_any_length_and_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tiled metric column is the pattern end to end, cut at any length (a longer part rebuilds, a shorter one
+    slices the cached array): strings from buffers (multi-byte text included), other types and nulls by a take."""
+    from covidflow.normalise import columnar
+
+    monkeypatch.setattr(columnar, "_REPEATED", {})
+    pattern = pa.array(["hosp", "réa", "", "dc"])
+    for m in (8, 3, 13, 4, 1):
+        tiled = columnar._tile(pattern, m)
+        tiled.validate(full=True)
+        assert tiled.to_pylist() == (pattern.to_pylist() * 4)[:m]
+    assert columnar._tile(pa.array(["a", None]), 3).to_pylist() == ["a", None, "a"]
+    assert columnar._tile(pa.array([1.5, -0.0]), 3).to_pylist() == [1.5, -0.0, 1.5]
+    assert columnar._tile(pa.array(["x", "y"]), 2).to_pylist() == ["x", "y"]  # a pattern of its own, not "hosp"...
