@@ -723,12 +723,12 @@ class BatchNormaliser:
             return self.arrow_schema.empty_table(), None
         registry = self.registry
 
-        def codes(step: _Distinct) -> np.ndarray:
+        def record_codes(step: _Distinct) -> np.ndarray:
             """Each record's code in a row-level step: a step with one answer needs no gather."""
             return np.zeros(m, dtype=np.int64) if len(step.answers) == 1 else per_record(step.codes)
 
-        pcodes, vcodes, dcodes = codes(place), codes(vintage), codes(dates)
-        dim_codes = {name: codes(dim) for name, dim in dims.items()}
+        pcodes, vcodes, dcodes = record_codes(place), record_codes(vintage), record_codes(dates)
+        dim_codes = {name: record_codes(dim) for name, dim in dims.items()}
         parents = [registry.parent(a) if a is not None and not isinstance(a, _RowReject) else None
                    for a in place.answers]  # fmt: skip
 
@@ -738,8 +738,8 @@ class BatchNormaliser:
         if period:  # the records' metrics are one short pattern, row after row: tiled, not taken
             pattern = pa.array(metric_codes[:period], pa.int64())
 
-            def metric_column(values: pa.Array) -> pa.Array:
-                return _tile(values.take(pattern), m)
+            def metric_column(per_metric: pa.Array) -> pa.Array:
+                return _tile(per_metric.take(pattern), m)
         else:
             # the metrics these records have (a few of the registry's): kinds and units are then often one value
             used = pa.array(np.flatnonzero(np.bincount(metric_codes, minlength=len(self.metric_names))), pa.int64())
@@ -747,8 +747,8 @@ class BatchNormaliser:
             local[used.to_numpy()] = np.arange(len(used))
             local = local[metric_codes]
 
-            def metric_column(values: pa.Array) -> pa.Array:
-                return _take(values.take(used), local)
+            def metric_column(per_metric: pa.Array) -> pa.Array:
+                return _take(per_metric.take(used), local)
 
         ts = pa.timestamp("us", tz="UTC")
         columns: dict[str, Any] = {
@@ -760,7 +760,7 @@ class BatchNormaliser:
             "location_parent_key": _take(pa.array([p.key if p else None for p in parents], pa.string()), pcodes),
             "location_parent_name": _take(pa.array([p.name if p else None for p in parents], pa.string()), pcodes),
             "location_point": _take(
-                pa.array(point.answers, self.arrow_schema.field("location_point").type), codes(point)
+                pa.array(point.answers, self.arrow_schema.field("location_point").type), record_codes(point)
             ),
             "date": _take(dates.column(lambda a: a[1], pa.date32()), dcodes),
             "period": const(self.core.period, pa.string()),

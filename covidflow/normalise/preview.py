@@ -29,7 +29,7 @@ from covidflow.catalog.specs import SourceSpec
 from covidflow.normalise.columnar import BatchNormaliser, BatchResult
 from covidflow.normalise.core import Normaliser, Provenance, Reject
 from covidflow.read import ReaderError
-from covidflow.read.base import RawReject
+from covidflow.read.base import RawRecord, RawReject
 from covidflow.read.batch import open_batches
 
 EXAMPLES_PER_REASON = 3
@@ -286,13 +286,18 @@ def run_file(
     duplicates = _DuplicateIds(summary)
     meter = _Progress(sys.stderr if progress else None)
 
-    def count(result: BatchResult) -> BatchResult:
+    def normalise(chunk: pa.RecordBatch | list[RawRecord] | RawReject) -> list[tuple[BatchResult, np.ndarray]]:
+        """On a worker thread: the chunk's results and their id fingerprints (neither depends on reading order)."""
+        return [(result, result.id_fingerprints(norm.schema)) for result in norm.iter_normalise(chunk, prov)]
+
+    def count(normalised: tuple[BatchResult, np.ndarray]) -> BatchResult:
+        result, fingerprints = normalised
         for reject in result.rejects:
             summary.add_reject(reject)
         if result.skips.num_rows:
             for key, n in _tally(result.skips):
                 summary.skips[key] += n
-        duplicates.add(result.id_fingerprints(norm.schema))
+        duplicates.add(fingerprints)  # in reading order, on this thread
         summary.records_out += result.records.num_rows
         return result
 
@@ -301,7 +306,7 @@ def run_file(
         # so a preview uses the machine's cores. Results are counted and yielded in reading order, and at most
         # ``workers + 1`` chunks are in flight, so memory stays bounded.
         workers = preview_workers()
-        in_flight: deque[Future[list[BatchResult]]] = deque()
+        in_flight: deque[Future[list[tuple[BatchResult, np.ndarray]]]] = deque()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="covidflow-preview") as pool:
             try:
                 for chunk in open_batches(
@@ -309,7 +314,7 @@ def run_file(
                 ):
                     summary.rows_read += 1 if isinstance(chunk, RawReject) else len(chunk)
                     meter.update(summary.rows_read)
-                    in_flight.append(pool.submit(lambda c: list(norm.iter_normalise(c, prov)), chunk))
+                    in_flight.append(pool.submit(normalise, chunk))
                     while len(in_flight) > workers:
                         yield from map(count, in_flight.popleft().result())
             except ReaderError as exc:
