@@ -8,7 +8,9 @@ the same order), without per-record Python for ordinary specs. How:
   in the batch, by the per-record core's own method, and the answers are spread to the rows with Arrow/NumPy
   ``take``. Publisher files repeat these values (a hundred departments, one day per batch), so this is a few
   hundred Python calls per 65k rows, and the semantics are the core's by construction (``strptime``, name
-  matching, ``str()`` of typed cells, the order of the checks). Answers are cached across batches.
+  matching, ``str()`` of typed cells, the order of the checks). Answers are cached across batches. When every
+  row gives every value cell, per-row codes are repeated to the records rather than gathered, and the metric
+  columns of a file with one column per metric are one tiled pattern (ADR 14).
 - **Values, vectorised.** Value cells that are plain decimal numbers (a strict ASCII grammar on which Arrow's
   cast and Python's ``float`` agree, checked by tests) are cast by Arrow; typed (int/float) cells are cast too.
   Everything else (empty cells, ``value.skip`` rules, patterns, decimal commas, odd text) goes through the
