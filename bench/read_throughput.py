@@ -145,7 +145,7 @@ BASELINE = "plain_csv"
 
 
 #: Modules a phase imports before its clock starts: a fixed cost, reported apart ("import s"), not per row.
-#: pandas is among them for the phases that normalise: pyarrow imports it (about 0.4 s) on the first
+#: pandas is among them for the phases that normalise: pyarrow imports it (about 0.35 s) on the first
 #: ``pa.array`` call, which the core makes; the reader alone never does.
 IMPORTS: dict[str, list[str]] = {
     "covidflow_csv": ["covidflow.read"],
