@@ -50,6 +50,9 @@ def test_create_produce_consume_delete(admin: AdminClient) -> None:
     futures = admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)], operation_timeout=10)
     futures[topic].result(timeout=15)
     try:
+        # The controller acknowledges the creation before the broker's metadata cache has the topic (KRaft).
+        _wait_for(lambda: admin.list_topics(topic=topic, timeout=5).topics[topic].error is None,
+                  what=f"topic {topic} in the broker's metadata")  # fmt: skip
         metadata = admin.list_topics(topic=topic, timeout=5)
         assert metadata.topics[topic].error is None
         assert len(metadata.topics[topic].partitions) == 1
